@@ -2,7 +2,8 @@
 
 Repairs, in order, each optional: CRLF/CR newlines to LF; removal of control characters (C0 except
 tab and newline, DEL, C1) and of stray byte-order marks / non-characters; Unicode normalisation
-(NFC by default, NFKC on request); stripping of leading and trailing whitespace. Then filters:
+(NFC by default, NFKC on request); stripping of leading and trailing whitespace (of the whole record: a prompt keeps
+its trailing and a completion its leading whitespace, which belong to the boundary the model learns). Then filters:
 documents whose cleaned size is below ``min_chars`` or above ``max_chars`` are dropped (``empty``,
 ``too_short``, ``too_long``); chat records with no non-empty assistant turn are dropped
 (``no_assistant_turn``), prompt records with an empty completion too (``empty``).
@@ -67,7 +68,7 @@ class Cleaner:
         self.cfg = cfg
         self._form = None if cfg.unicode == "none" else cfg.unicode
 
-    def text(self, s: str) -> str:
+    def text(self, s: str, strip: bool | None = None) -> str:
         cfg = self.cfg
         if cfg.fix_newlines and "\r" in s:
             s = s.replace("\r\n", "\n").replace("\r", "\n")
@@ -75,7 +76,7 @@ class Cleaner:
             s = s.translate(_CONTROL)
         if self._form is not None and not unicodedata.is_normalized(self._form, s):
             s = unicodedata.normalize(self._form, s)
-        if cfg.strip:
+        if cfg.strip if strip is None else strip:
             s = s.strip()
         return s
 
@@ -95,10 +96,14 @@ class Cleaner:
             self._check_size(len(new))
             return changed
         if doc.kind == PROMPT:
-            p, c = self.text(doc.prompt), self.text(doc.completion)
+            # Only the outer ends are stripped: the whitespace where prompt meets completion
+            # (" answer" after "A:") is part of what the model must learn to produce.
+            p, c = self.text(doc.prompt, strip=False), self.text(doc.completion, strip=False)
+            if self.cfg.strip:
+                p, c = p.lstrip(), c.rstrip()
             changed = p != doc.prompt or c != doc.completion
             doc.prompt, doc.completion = p, c
-            if not c:
+            if not c.strip():
                 raise RecordError("empty", "completion is empty after cleaning: nothing to learn")
             self._check_size(len(p) + len(c))
             return changed

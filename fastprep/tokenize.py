@@ -20,7 +20,7 @@ Text and prompt/completion documents go through one ``encode_batch_fast`` call p
 all cores, GIL released, no offsets). Prompt and completion are encoded separately, as at
 inference time the prompt is tokenized alone; the loss mask is then exact by construction: 0 on
 BOS and prompt, 1 on completion and EOS. Chat documents need character spans, so they use
-``encode_batch`` with offsets: a token is a target iff its first character lies in an assistant
+``encode_batch`` with offsets: a token is a target iff it holds a character of an assistant
 span (:mod:`fastprep.chat`).
 """
 
@@ -273,10 +273,13 @@ class Encoder:
                 c += 1
                 ids = enc.ids
                 # list of (start, end) tuples -> array in C; no per-token Python code
-                starts = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)[:, 0]
+                offsets = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
                 m = np.zeros(len(ids), dtype=np.uint8)
                 for s, e in spans:
-                    m[(starts >= s) & (starts < e)] = 1
+                    # A token is a target iff it holds a character of the span: a byte-level BPE
+                    # token such as " beta" straddling the header's last space is what the
+                    # model generates, so it counts.
+                    m[(offsets[:, 1] > s) & (offsets[:, 0] < e)] = 1
                 head = bos if bos and not (ids and ids[0] == b.bos_id) else []
                 tail = ([b.eos_id] if b.eos_after_chat and not (ids and ids[-1] == b.eos_id) else [])
                 full = head + ids + tail

@@ -1,0 +1,61 @@
+"""The command line: one-line errors with exit codes, and the prepare -> inspect -> verify flow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_texts, write_jsonl
+from fastprep.cli import main
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fastprep", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_prepare_inspect_verify_flow(tmp_path: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in make_texts(80)], raw_lines=[b"{oops"])
+    out = tmp_path / "ds"
+    assert main(["prepare", str(p), "--tokenizer", str(tokenizer_dir), "--seq-len", "64",
+                 "--out", str(out), "--json", "--no-progress"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["counts"]["dropped"] == {"malformed_json": 1}
+    assert main(["inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "packing efficiency" in shown and "segment 1" in shown and "input_ids:uint16" in shown
+    assert main(["verify", str(out)]) == 0
+    assert "ok:" in capsys.readouterr().out
+
+
+def test_module_entry_point_one_line_errors(tmp_path: Path, tokenizer_dir: Path) -> None:
+    p = write_jsonl(tmp_path / "d.jsonl", [{"text": "alpha"}])
+    cases = [
+        (["prepare", str(tmp_path / "nope.jsonl"), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "o")],
+         "no such file"),
+        (["prepare", str(p), "--tokenizer", str(tmp_path / "no-tok"), "--out", str(tmp_path / "o")],
+         "no such tokenizer"),
+        (["prepare", str(p), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "o"), "--seq-len", "0"],
+         "--seq-len"),
+        (["prepare", str(p), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "o"), "--fill", "x"],
+         "FIELD=VALUE"),
+        (["inspect", str(tmp_path)], "not a finished fastprep dataset"),
+    ]
+    for args, message in cases:
+        r = run(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert message in r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_prepare_never_imports_torch(tmp_path: Path, tokenizer_dir: Path) -> None:
+    p = write_jsonl(tmp_path / "d.jsonl", [{"text": "alpha beta"}])
+    code = ("import sys; from fastprep.cli import main; "
+            f"rc = main(['prepare', {str(p)!r}, '--tokenizer', {str(tokenizer_dir)!r}, '--out', "
+            f"{str(tmp_path / 'o')!r}, '--no-progress']); "
+            "assert rc == 0; assert 'torch' not in sys.modules, 'prepare imported torch'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr

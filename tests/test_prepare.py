@@ -1,0 +1,284 @@
+"""End-to-end: files in, dataset out; exact counts on known inputs and format invariants."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import make_texts, write_jsonl
+from fastprep import (CleanConfig, DedupeConfig, PackConfig, PrepareConfig, ReadConfig, RecordConfig,
+                      TokenizeConfig, open_dataset, prepare, verify)
+from fastprep.format import DatasetError
+from fastprep.prepare import OutputError
+from fastprep.quarantine import StrictError
+
+
+def config(inputs, out, tok, seq_len=64, **kw) -> PrepareConfig:
+    pack = kw.pop("pack", PackConfig(seq_len=seq_len))
+    read = kw.pop("read", ReadConfig(paths=tuple(str(i) for i in inputs)))
+    return PrepareConfig(read=read, tokenize=TokenizeConfig(tokenizer=str(tok)), out=str(out),
+                         pack=pack, progress=False, **kw)
+
+
+def segments(ds) -> list[tuple[list[int], list[int] | None]]:
+    """Every (ids, loss_mask) segment of every row."""
+    out = []
+    for shard in ds.shards:
+        ids_all = np.asarray(shard.arrays["input_ids"])
+        seg_all = np.asarray(shard.arrays["segment_ids"])
+        mask_all = np.asarray(shard.arrays["loss_mask"]) if "loss_mask" in shard.arrays else None
+        for r in range(shard.rows):
+            for s in range(1, int(seg_all[r].max()) + 1):
+                sel = seg_all[r] == s
+                out.append((ids_all[r][sel].tolist(),
+                            mask_all[r][sel].tolist() if mask_all is not None else None))
+    return out
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_text_corpus_round_trip_and_counts(tmp_path: Path, tokenizer_dir: Path, tokenizer) -> None:
+    texts = make_texts(300, seed=1)
+    unique = list(dict.fromkeys(texts))
+    records = [{"text": t} for t in texts] + [{"text": texts[0]}, {"text": texts[5]}]  # 2 exact dups
+    write_jsonl(tmp_path / "a.jsonl", records[:150])
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(
+        b"".join(json.dumps(r).encode() + b"\n" for r in records[150:])))
+    stats = prepare(config([tmp_path / "a.jsonl", tmp_path / "b.jsonl.gz"], tmp_path / "out",
+                           tokenizer_dir, seq_len=128))
+    c = stats.counts
+    assert c["records_read"] == 302
+    assert c["exact_duplicates"] == 302 - len(unique)
+    assert c["records_kept"] == len(unique)
+    assert c["dropped_total"] == 0 and c["tokens_dropped"] == 0
+    ds = verify(tmp_path / "out")
+    segs = segments(ds)
+    assert len(segs) == len(unique)  # no document split: all are shorter than L
+    bos, eos = tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>")
+    decoded = []
+    for ids, mask in segs:
+        assert ids[0] == bos and ids[-1] == eos and mask is None
+        decoded.append(tokenizer.decode(ids[1:-1]))
+    assert sorted(decoded) == sorted(unique)  # every kept document exactly once, byte for byte
+    seg = np.concatenate([np.asarray(s.arrays["segment_ids"]) for s in ds.shards])
+    assert (seg.max(axis=1) > 1).mean() > 0.5  # guard: rows really hold several documents
+    assert c["tokens"] == c["tokens_kept"] == int((seg != 0).sum())
+    assert stats.packing["efficiency"] == pytest.approx(c["tokens_kept"] / (c["rows"] * 128), abs=1e-6)
+    m = ds.manifest
+    assert m["tokenizer"]["sha256"] == hashlib.sha256((tokenizer_dir / "tokenizer.json").read_bytes()).hexdigest()
+    assert m["dtypes"] == {"input_ids": "<u2", "segment_ids": "<u2"}
+    assert [Path(i["name"]).name for i in m["inputs"]] == ["a.jsonl", "b.jsonl.gz"]
+    assert m["config"]["pack"]["seq_len"] == 128 and "out" not in m["config"]
+    assert not (tmp_path / "out" / ".fastprep-work").exists()
+    assert not (tmp_path / "out" / "quarantine.jsonl").exists()  # nothing was bad
+
+
+def test_every_bad_input_kind_counted_and_quarantined(tmp_path: Path, tokenizer_dir: Path) -> None:
+    good = [{"text": f"good record {i} alpha beta"} for i in range(10)]
+    p = write_jsonl(tmp_path / "bad.jsonl", good[:5], raw_lines=[
+        b'{"text": "unterminated',                      # malformed_json
+        b'[1, 2]',                                      # not_an_object
+        b'{"text": "bad \xff utf8"}',                    # invalid_utf8
+        b'{"text": "' + b"L" * 5000 + b'"}',            # record_too_large
+        b'{"body": "no text"}',                         # missing_field
+        b'{"text": 3.5}',                               # wrong_type
+        b'{"text": " \\u0000 \\r\\n "}',                # empty after cleaning
+        b'',                                            # blank line: counted, not a record
+        b'{"messages": [{"role": "user", "content": "q"}]}',   # no_assistant_turn
+        b'{"messages": [{"role": "alien", "content": "q"}]}',  # bad_messages
+        b'{"text": "crlf and nul\\r\\nfixed\\u0000"}',  # repaired, kept
+    ] + [json.dumps(r).encode() for r in good[5:]])
+    blob = gzip.compress(b"".join(json.dumps({"text": f"gz record {i} gamma"}).encode() + b"\n"
+                                  for i in range(3000)))
+    (tmp_path / "cut.jsonl.gz").write_bytes(blob[: len(blob) // 2])  # truncated_file
+    stats = prepare(config([tmp_path], tmp_path / "out", tokenizer_dir, seq_len=64,
+                           read=ReadConfig(paths=(str(tmp_path),), max_record_bytes=1000)))
+    c = stats.counts
+    assert c["dropped"] == {"bad_messages": 1, "empty": 1, "invalid_utf8": 1, "malformed_json": 1,
+                            "missing_field": 1, "no_assistant_turn": 1, "not_an_object": 1,
+                            "record_too_large": 1, "truncated_file": 1, "wrong_type": 1}
+    assert c["blank_lines"] == 1
+    gz_kept = c["records_kept"] - 11
+    assert 0 < gz_kept < 3000
+    assert c["records_read"] == c["records_kept"] + c["dropped_total"] + c["exact_duplicates"]
+    lines = [json.loads(x) for x in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
+    assert len(lines) == 10
+    by_reason = {x["reason"]: x for x in lines}
+    assert by_reason["malformed_json"]["line"] == 6 and by_reason["malformed_json"]["source"].endswith("bad.jsonl")
+    assert by_reason["wrong_type"]["line"] == 11 and "3.5" in by_reason["wrong_type"]["excerpt"]
+    assert by_reason["truncated_file"]["source"].endswith("cut.jsonl.gz")
+    verify(tmp_path / "out")
+
+
+def test_strict_names_file_line_and_fix(tmp_path: Path, tokenizer_dir: Path) -> None:
+    p = write_jsonl(tmp_path / "s.jsonl", [{"text": "fine"}], raw_lines=[b'{"text": 7}'])
+    with pytest.raises(StrictError, match=r"s\.jsonl:2: wrong_type: .*--fill"):
+        prepare(config([p], tmp_path / "out", tokenizer_dir, strict=True))
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert not (tmp_path / "out" / ".fastprep-work").exists()
+
+
+def test_prompt_and_chat_loss_masks_survive_packing(tmp_path: Path, tokenizer_dir: Path, tokenizer) -> None:
+    recs = [{"prompt": f"Question {i}: alpha beta?", "completion": f" answer {i} gamma."} for i in range(40)]
+    recs += [{"messages": [{"role": "user", "content": f"q{i} delta"},
+                           {"role": "assistant", "content": f"a{i} epsilon"}]} for i in range(40)]
+    recs += [{"text": f"plain {i} zeta eta"} for i in range(40)]
+    p = write_jsonl(tmp_path / "mix.jsonl", recs)
+    stats = prepare(config([p], tmp_path / "out", tokenizer_dir, seq_len=96))
+    assert stats.counts["documents_by_shape"] == {"chat": 40, "prompt": 40, "text": 40}
+    ds = verify(tmp_path / "out")
+    assert ds.has_loss_mask
+    completions = sorted(tokenizer.encode(r["completion"], add_special_tokens=False).ids
+                         + [tokenizer.token_to_id("</s>")] for r in recs[:40])
+    got_prompt, got_text, got_chat = [], 0, 0
+    for ids, mask in segments(ds):
+        targets = [t for t, m in zip(ids, mask) if m]
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+        if "Question" in text:
+            got_prompt.append(targets)
+        elif "<|im_start|>" in text:
+            got_chat += 1
+            assert tokenizer.decode(targets, skip_special_tokens=False).startswith("a")
+            assert targets[-1] == tokenizer.token_to_id("<|im_end|>")
+        else:
+            got_text += 1
+            assert mask == [0] + [1] * (len(ids) - 1)
+    assert sorted(got_prompt) == completions
+    assert (got_text, got_chat) == (40, 40)
+    assert stats.counts["target_tokens"] == sum(int(np.asarray(s.arrays["loss_mask"]).sum()) for s in ds.shards)
+
+
+def test_parquet_and_text_inputs(tmp_path: Path, tokenizer_dir: Path, tokenizer) -> None:
+    pq.write_table(pa.Table.from_pylist([{"content": {"body": f"parquet row {i} alpha"}} for i in range(50)]),
+                   tmp_path / "p.parquet", row_group_size=16)
+    (tmp_path / "t.txt").write_text("first paragraph beta\n\nsecond paragraph gamma\n")
+    stats = prepare(config([tmp_path / "p.parquet", tmp_path / "t.txt"], tmp_path / "out", tokenizer_dir,
+                           records=RecordConfig(text_field="content.body"),
+                           read=ReadConfig(paths=(str(tmp_path / "p.parquet"), str(tmp_path / "t.txt")),
+                                           text_unit="paragraph")))
+    assert stats.counts["records_kept"] == 52
+    texts = sorted(tokenizer.decode(ids[1:-1]) for ids, _ in segments(open_dataset(tmp_path / "out")))
+    assert "first paragraph beta" in texts and "parquet row 49 alpha" in texts
+
+
+@pytest.mark.parametrize("mode,long_policy", [("bfd", "split"), ("bfd", "truncate"), ("concat", "split"),
+                                              ("pad", "split")])
+def test_pack_modes_end_to_end(tmp_path: Path, tokenizer_dir: Path, mode: str, long_policy: str) -> None:
+    texts = make_texts(120, seed=3, max_words=120)  # some documents longer than L=48
+    p = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in texts])
+    stats = prepare(config([p], tmp_path / "out", tokenizer_dir,
+                           pack=PackConfig(seq_len=48, mode=mode, long_policy=long_policy)))
+    c = stats.counts
+    ds = verify(tmp_path / "out")
+    if long_policy == "truncate":
+        assert c["documents_truncated"] > 0 and c["tokens_dropped"] > 0
+    else:
+        assert c["tokens_dropped"] == 0 and c["tokens_kept"] == c["tokens"]
+    if mode == "pad":
+        seg = np.asarray(ds.shards[0].arrays["segment_ids"])
+        assert seg.max() == 1
+    if mode == "bfd":
+        assert stats.packing["efficiency"] > 0.9
+
+
+def test_deterministic_bytes_and_batch_size_independence(tmp_path: Path, tokenizer_dir: Path) -> None:
+    texts = make_texts(400, seed=7)
+    p = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in texts + texts[:20]])
+    prepare(config([p], tmp_path / "o1", tokenizer_dir))
+    prepare(config([p], tmp_path / "o2", tokenizer_dir))
+    prepare(config([p], tmp_path / "o3", tokenizer_dir, batch_bytes=500))
+    h1 = file_hashes(tmp_path / "o1")
+    assert h1 == file_hashes(tmp_path / "o2")
+    m1 = json.loads((tmp_path / "o1" / "manifest.json").read_text())
+    m3 = json.loads((tmp_path / "o3" / "manifest.json").read_text())
+    m1["config"].pop("batch_bytes"), m3["config"].pop("batch_bytes")
+    assert m1 == m3
+    h3 = file_hashes(tmp_path / "o3")
+    assert {k: v for k, v in h1.items() if k != "manifest.json"} == {k: v for k, v in h3.items() if k != "manifest.json"}
+    prepare(config([p], tmp_path / "o4", tokenizer_dir, pack=PackConfig(seq_len=64, seed=1)))
+    assert file_hashes(tmp_path / "o4")["shard-00000.input_ids.bin"] != h1["shard-00000.input_ids.bin"]
+
+
+def test_sharding(tmp_path: Path, tokenizer_dir: Path) -> None:
+    p = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in make_texts(300, seed=2)])
+    stats = prepare(config([p], tmp_path / "out", tokenizer_dir, shard_rows=7))
+    ds = verify(tmp_path / "out")
+    assert len(ds.shards) == -(-stats.counts["rows"] // 7)
+    assert all(s.rows == 7 for s in ds.shards[:-1])
+
+
+def test_output_folder_rules(tmp_path: Path, tokenizer_dir: Path) -> None:
+    p = write_jsonl(tmp_path / "d.jsonl", [{"text": "alpha beta"}])
+    out = tmp_path / "out"
+    prepare(config([p], out, tokenizer_dir))
+    with pytest.raises(OutputError, match="--overwrite"):
+        prepare(config([p], out, tokenizer_dir))
+    prepare(config([p], out, tokenizer_dir, overwrite=True))
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="did not write"):
+        prepare(config([p], out, tokenizer_dir, overwrite=True))
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_disk_error_leaves_no_finished_dataset(tmp_path: Path, tokenizer_dir: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    p = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in make_texts(200)])
+    import fastprep.write as w
+
+    real = w.ShardWriter.add
+    calls = {"n": 0}
+
+    def failing_add(self, block):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, block)
+
+    monkeypatch.setattr(w.ShardWriter, "add", failing_add)
+    with pytest.raises(OSError, match="No space"):
+        prepare(config([p], tmp_path / "out", tokenizer_dir, shard_rows=3, batch_bytes=100))
+    left = sorted(os.listdir(tmp_path / "out"))
+    assert "manifest.json" not in left and ".fastprep-work" not in left
+    assert not any(n.endswith(".tmp") for n in left)
+    with pytest.raises(DatasetError, match="not a finished"):
+        open_dataset(tmp_path / "out")
+
+
+def test_verify_catches_corruption_and_unsafe_manifest(tmp_path: Path, tokenizer_dir: Path) -> None:
+    p = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in make_texts(50)])
+    out = tmp_path / "out"
+    prepare(config([p], out, tokenizer_dir))
+    shard = out / "shard-00000.input_ids.bin"
+    data = bytearray(shard.read_bytes())
+    data[10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="checksum"):
+        verify(out)
+    open_dataset(out)  # size still right: opening without checksums succeeds
+    shard.write_bytes(bytes(data[:-2]))
+    with pytest.raises(DatasetError, match="bytes"):
+        open_dataset(out)
+    m = json.loads((out / "manifest.json").read_text())
+    m["shards"][0]["files"]["input_ids"]["file"] = "../../etc/passwd"
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DatasetError, match="unsafe"):
+        open_dataset(out)
+
+
+def test_cleaning_and_field_options_reach_the_output(tmp_path: Path, tokenizer_dir: Path) -> None:
+    p = write_jsonl(tmp_path / "d.jsonl", [{"body": "short"}, {"body": "a long enough body alpha"},
+                                           {"other": 1}])
+    stats = prepare(config([p], tmp_path / "out", tokenizer_dir, records=RecordConfig(text_field="body"),
+                           clean=CleanConfig(min_chars=10), dedupe=DedupeConfig(exact=False)))
+    assert stats.counts["dropped"] == {"missing_field": 1, "too_short": 1}
+    assert stats.counts["records_kept"] == 1
