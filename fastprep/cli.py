@@ -69,7 +69,10 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-shuffle", action="store_true")
     g = p.add_argument_group("output")
     g.add_argument("--shard-rows", type=int, default=0, help="rows per shard (0: ~256 MiB shards)")
-    g.add_argument("--batch-bytes", type=int, default=1 << 20)
+    g.add_argument("--batch-bytes", type=int, default=1 << 20, help="text per tokenizer call")
+    g.add_argument("--workers", type=int, default=0,
+                   help="worker processes (default 0: one per core); output is identical for any N")
+    g.add_argument("--task-bytes", type=int, default=0, help="input bytes per task (0: automatic)")
     g.add_argument("--strict", action="store_true", help="stop at the first bad record")
     g.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
@@ -115,7 +118,8 @@ def config_from_args(a: argparse.Namespace) -> Any:
         dedupe=DedupeConfig(exact=a.dedupe != "none", minhash=minhash, report=a.dedupe_report),
         pack=PackConfig(seq_len=a.seq_len, mode=a.pack, long_policy=a.long_docs,
                         window_docs=a.pack_window, shuffle=not a.no_shuffle, seed=a.seed),
-        shard_rows=a.shard_rows, batch_bytes=a.batch_bytes, strict=a.strict,
+        shard_rows=a.shard_rows, batch_bytes=a.batch_bytes, workers=a.workers,
+        task_bytes=a.task_bytes, strict=a.strict,
         overwrite=a.overwrite, progress=a.progress,
     )
 
@@ -172,7 +176,7 @@ def cmd_inspect(a: argparse.Namespace) -> int:
                                             "counts", "packing", "dedupe") if k in m}, indent=2))
         return 0
     print(f"dataset             {a.path}  ({len(ds.shards)} shard(s))")
-    print(f"arrays              " + ", ".join(f"{k}:{np.dtype(v).name}" for k, v in m["dtypes"].items()))
+    print("arrays              " + ", ".join(f"{k}:{np.dtype(v).name}" for k, v in m["dtypes"].items()))
     tok = m["tokenizer"]
     print(f"tokenizer           vocab {tok['vocab_size']:,}, bos {tok['bos_id']}, eos {tok['eos_id']}, "
           f"pad {tok['pad_id']}, sha256 {tok['sha256'][:12]}")

@@ -48,7 +48,11 @@ class ExactDeduper:
         self.count = insert_keys(self._table, self._used, 0, old_keys, scratch)
 
     def __call__(self, keys: Sequence[str]) -> np.ndarray:
-        d = self.digests(keys)
+        return self.insert(self.digests(keys))
+
+    def insert(self, d: np.ndarray) -> np.ndarray:
+        """Insert digests ``[n, 2]`` (from :meth:`digests`) in order; True where first seen."""
+        d = np.ascontiguousarray(d, dtype=np.uint64).reshape(-1, 2)
         self._grow(self.count + len(d))
         is_new = np.zeros(len(d), dtype=np.bool_)
         self.count = insert_keys(self._table, self._used, self.count, d, is_new)

@@ -1,44 +1,51 @@
 """``fastprep prepare``: read -> clean -> dedupe (exact, then MinHash) -> tokenize -> pack -> write.
 
-Data moves one way. The main thread reads, maps, cleans and deduplicates a batch of documents
-(about ``batch_bytes`` of text) while a worker thread tokenizes the previous batch
-(``encode_batch_fast`` releases the GIL and runs on the Rust thread pool), so reading overlaps
-tokenizing. Token ids of kept documents are appended to a spill file in the output folder's work
-directory (``.fastprep-work``), with only their lengths in memory (8 bytes per document). After
-the last batch the packer plans rows over the lengths (:mod:`fastprep.pack`) and the rows are
-gathered from the memory-mapped spill block by block into shards (:mod:`fastprep.write`). Peak
-memory is thus bounded by the batch size, the block size and 8-30 bytes per document, not by
-the corpus size.
+Data moves one way. Inputs are cut into tasks (:mod:`fastprep.tasks`: whole files, or byte ranges
+of big JSONL files); worker processes (``--workers``, default one per core, each with a tokenizer
+pool of cores/workers threads) read, clean, hash and tokenize a task and spill its token ids to
+the work folder (``.fastprep-work``). The parent takes results strictly in task order: it
+quarantines bad records with global line numbers, removes exact duplicates (first occurrence
+kept) and near duplicates (MinHash LSH over signatures the workers computed), and appends the
+task's tokens to one spill file, keeping only 8 bytes per document (its length) in memory.
 
-Same input + same config = same bytes: input files are sorted, batches are processed in order,
-deduplication keeps the first occurrence, and rows are shuffled with a fixed seed. The manifest
-holds no timestamps or timings.
+After the last task the packer plans rows over the lengths (removed documents count as length 0,
+so they produce no piece; :mod:`fastprep.pack`) and the rows are gathered from the memory-mapped
+spill block by block into shards (:mod:`fastprep.write`). Peak memory is bounded by the batch
+size, the block size and a few bytes per document, not by the corpus size.
+
+Same input + same config = same bytes, whatever the number of workers, task size or batch size:
+input files are sorted, results merge in task order, deduplication keeps the first occurrence,
+rows are shuffled with a fixed seed, and the manifest holds no timestamps, timings or
+parallelism settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import shutil
 import time
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from . import __version__
-from .clean import CleanConfig, Cleaner
+from .clean import CleanConfig
 from .dedupe import DedupeConfig, ExactDeduper
 from .format import MANIFEST, ids_dtype, segment_dtype
 from .pack import PackConfig, fill_rows, plan
-from .quarantine import Quarantine
-from .read import ReadConfig, expand_paths, file_sizes, read_all
-from .records import KIND_NAMES, Doc, RecordConfig, RecordError, RecordMapper, dedupe_key, similarity_text
-from .tokenize import Encoded, Encoder, TokenizeConfig, TokenizerBundle
 from .progress import Progress
+from .quarantine import Quarantine
+from .read import ReadConfig, expand_paths, file_kind, file_sizes
+from .records import KIND_NAMES, RecordConfig
+from .tasks import Task, TaskResult, TaskStrictError, _write_ones, init_worker, plan_tasks, run_task
+from .tokenize import TokenizeConfig, TokenizerBundle
 from .write import ShardWriter, atomic_write_bytes
 
 WORK_DIR = ".fastprep-work"
@@ -59,7 +66,9 @@ class PrepareConfig:
     out: the dataset folder to create.
     shard_rows: rows per shard; 0 chooses ~256 MiB of ``input_ids`` per shard.
     batch_bytes: text per tokenization batch (larger batches amortise per-call overhead and keep
-        every Rust thread busy; each batch is held twice in memory at most).
+        every Rust thread busy).
+    workers: worker processes (0: one per available core); the output is identical for any value.
+    task_bytes: input bytes per task (0: automatic, 1-64 MiB so each worker gets several tasks).
     strict: stop at the first bad record with an error naming file, line and fix.
     overwrite: replace an existing dataset in ``out``.
     progress: show a progress line (None: only when stderr is a terminal).
@@ -74,6 +83,8 @@ class PrepareConfig:
     pack: PackConfig = field(default_factory=PackConfig)
     shard_rows: int = 0
     batch_bytes: int = 1 << 20
+    workers: int = 0
+    task_bytes: int = 0
     strict: bool = False
     overwrite: bool = False
     progress: bool | None = None
@@ -85,11 +96,16 @@ class PrepareConfig:
             raise ValueError("--shard-rows must be >= 0 (0 = automatic)")
         if self.batch_bytes < 1:
             raise ValueError("--batch-bytes must be positive")
+        if self.workers < 0:
+            raise ValueError("--workers must be >= 0 (0 = one per core)")
+        if self.task_bytes < 0:
+            raise ValueError("--task-bytes must be >= 0 (0 = automatic)")
 
     def manifest_config(self) -> dict[str, Any]:
-        """The configuration that determines the output bytes (no output path, no display flags)."""
+        """The configuration that determines the output bytes: no output path, display flags or
+        parallelism settings, which never change a byte."""
         d = dataclasses.asdict(self)
-        for k in ("out", "overwrite", "progress"):
+        for k in ("out", "overwrite", "progress", "workers", "task_bytes", "batch_bytes"):
             d.pop(k)
         return d
 
@@ -135,7 +151,8 @@ def _claim_out_dir(out: Path, overwrite: bool) -> None:
 
 
 class _TokenSpill:
-    """Token ids (and loss masks) of kept documents, appended to files; lengths kept in memory."""
+    """The tokens of every task, appended in task order into one file (plus a loss-mask file once
+    any document needs one); per-document lengths stay in memory (8 bytes per document)."""
 
     def __init__(self, work: Path, dtype: np.dtype) -> None:
         self.dtype = dtype
@@ -143,39 +160,38 @@ class _TokenSpill:
         self.mask_path = work / "loss_mask.bin"
         self._ids = open(self.ids_path, "wb")
         self._mask: Any = None
-        self._lengths: list[np.ndarray] = []
+        self._lengths: list[np.ndarray] = []   # tokens per document, duplicates included
+        self._planned: list[np.ndarray] = []   # the same with removed documents at 0
         self.tokens = 0
-        self.target_tokens = 0
-        self.kinds: Counter[str] = Counter()
 
-    def append(self, enc: Encoded) -> None:
-        self._ids.write(enc.ids.astype(self.dtype, copy=False).tobytes())
-        if enc.loss_mask is not None and self._mask is None:
-            # First document with a prompt or chat: from here on a mask is stored for every token,
-            # all ones for the plain-text documents before it.
+    def append_task(self, res: TaskResult, keep: np.ndarray) -> None:
+        with open(res.ids_path, "rb") as f:
+            shutil.copyfileobj(f, self._ids, 1 << 22)
+        n_tokens = int(res.lengths.sum())
+        if res.mask_path is not None and self._mask is None:
+            # First task with a prompt or chat: from here on a mask is stored for every token,
+            # all ones for the plain-text tokens before it.
             self._mask = open(self.mask_path, "wb")
-            left = self.tokens
-            while left:
-                n = min(left, 1 << 24)
-                self._mask.write(np.ones(n, np.uint8).tobytes())
-                left -= n
-            self.target_tokens = self.tokens
+            _write_ones(self._mask, self.tokens)
         if self._mask is not None:
-            mask = enc.loss_mask if enc.loss_mask is not None else np.ones(len(enc.ids), np.uint8)
-            self._mask.write(mask.tobytes())
-            self.target_tokens += int(mask.sum())
-        else:
-            self.target_tokens += len(enc.ids)
-        self._lengths.append(enc.lengths)
-        self.tokens += len(enc.ids)
+            if res.mask_path is not None:
+                with open(res.mask_path, "rb") as f:
+                    shutil.copyfileobj(f, self._mask, 1 << 22)
+            else:
+                _write_ones(self._mask, n_tokens)
+        self._lengths.append(res.lengths)
+        self._planned.append(np.where(keep, res.lengths, 0))
+        self.tokens += n_tokens
+        for path in (res.ids_path, res.mask_path):
+            if path is not None:
+                os.unlink(path)
 
-    def finish(self) -> tuple[np.ndarray, bool]:
-        """(lengths, has_loss_mask); closes the files."""
-        self._ids.close()
-        if self._mask is not None:
-            self._mask.close()
-        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
-        return lengths, self._mask is not None
+    def finish(self) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(lengths, planned lengths, has_loss_mask); closes the files."""
+        self.close()
+        def cat(parts: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return cat(self._lengths), cat(self._planned), self._mask is not None
 
     def close(self) -> None:
         self._ids.close()
@@ -183,23 +199,47 @@ class _TokenSpill:
             self._mask.close()
 
 
-def _excerpt(value: Any) -> str:
-    if isinstance(value, str):
-        return value[:200]
+def _needs_template(path: str) -> bool:
+    return file_kind(path) in ("jsonl", "parquet")
+
+
+def _report(f: IO[bytes], files: list[str], doc_ids: np.ndarray, mh: Any) -> None:
+    """One JSONL line per removed near duplicate: where it is, what it matched, how similar."""
+    import orjson
+
+    low = (1 << 40) - 1
+    for i in np.flatnonzero(~mh.keep):
+        d, m = int(doc_ids[i]), int(mh.match[i])
+        f.write(orjson.dumps({"source": files[d >> 40], "line": d & low,
+                              "matched_source": files[m >> 40], "matched_line": m & low,
+                              "similarity": round(float(mh.similarity[i]), 4)}) + b"\n")
+
+
+def available_cores() -> int:
     try:
-        import orjson
-
-        return orjson.dumps(value, default=str)[:200].decode("utf-8", "replace")
-    except TypeError:
-        return repr(value)[:200]
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
-def _doc_size(doc: Doc) -> int:
-    if doc.kind == 0:
-        return len(doc.text)
-    if doc.kind == 1:
-        return len(doc.prompt) + len(doc.completion)
-    return sum(len(c) for _, c in doc.messages)
+def _task_results(tasks: list[Task], cfg: PrepareConfig, work: Path, workers: int) -> Iterator[TaskResult]:
+    """Results strictly in task order. Tasks are submitted largest first so no worker is left
+    with a big file at the end; the parent only waits for the next one in order."""
+    if workers == 1:
+        for t in tasks:
+            yield run_task(t, cfg, str(work))
+        return
+    ctx = multiprocessing.get_context("spawn")  # never tokenize in a forked copy of a parent
+    threads = max(1, available_cores() // workers)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
+                               initargs=(threads,))
+    try:
+        futures = {t.index: pool.submit(run_task, t, cfg, str(work))
+                   for t in sorted(tasks, key=lambda t: (-t.size, t.index))}
+        for t in tasks:
+            yield futures[t.index].result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def prepare(cfg: PrepareConfig) -> PrepareStats:
@@ -212,8 +252,14 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
     t_start = time.perf_counter()
     files = expand_paths(cfg.read.paths)
     bundle = TokenizerBundle(cfg.tokenize)
+    if any(_needs_template(f) for f in files) and cfg.records.shape in ("auto", "chat"):
+        bundle.renderer  # compile the chat template now: a broken one is a config error
     L = cfg.pack.seq_len
     ids_dt, seg_dt = ids_dtype(bundle.vocab_size), segment_dtype(L)
+    workers = cfg.workers or available_cores()
+    total_bytes = sum(os.path.getsize(f) for f in files)
+    task_bytes = cfg.task_bytes or int(min(64 << 20, max(1 << 20, total_bytes // (workers * 4) + 1)))
+    tasks = plan_tasks(files, task_bytes)
     out = Path(cfg.out)
     _claim_out_dir(out, cfg.overwrite)
     work = out / WORK_DIR
@@ -223,9 +269,8 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
     spill = _TokenSpill(work, ids_dt)
     writer: ShardWriter | None = None
     report_f = None
+    report_tmp: Path | None = None
     try:
-        mapper = RecordMapper(cfg.records)
-        cleaner = Cleaner(cfg.clean)
         exact = ExactDeduper() if cfg.dedupe.exact else None
         minhash = None
         if cfg.dedupe.minhash is not None:
@@ -235,100 +280,57 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
             if cfg.dedupe.report:
                 report_tmp = Path(cfg.dedupe.report).with_name(f".{Path(cfg.dedupe.report).name}.tmp")
                 report_f = open(report_tmp, "wb")
-        encoder = Encoder(bundle)
         counts: Counter[str] = Counter()
         seconds: Counter[str] = Counter()
-        text_bytes = 0
+        kinds = np.zeros(len(KIND_NAMES), np.int64)
+        target_tokens = 0
+        text_chars = 0
+        line_offset = [0] * len(files)  # lines consumed so far per file, for byte-range tasks
 
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastprep-tokenize")
-        pending: list[tuple[list[Doc], Future[Encoded]]] = []
-
-        def timed_encode(docs: list[Doc]) -> Encoded:
-            t = time.perf_counter()
-            enc = encoder(docs)
-            seconds["tokenize"] += time.perf_counter() - t
-            return enc
-
-        def drain(limit: int) -> None:
-            while len(pending) > limit:
-                docs, fut = pending.pop(0)
-                enc = fut.result()
-                for i, reason, detail in enc.errors:
-                    quarantine.add(docs[i].file, docs[i].line, reason, detail, "")
-                for d, k in zip(docs, enc.keep):
-                    if k:
-                        counts[f"kept_{KIND_NAMES[d.kind]}"] += 1
-                spill.append(enc)
-                progress.update(counts["records_read"], text_bytes, spill.tokens)
-
-        def submit(docs: list[Doc]) -> None:
-            t = time.perf_counter()
-            if exact is not None:
-                new = exact([dedupe_key(d) for d in docs])
-                counts["exact_duplicates"] += int(len(docs) - new.sum())
-                docs = [d for d, k in zip(docs, new) if k]
-            if minhash is not None and docs:
-                ids = np.array([(d.file << 40) | d.line for d in docs], dtype=np.int64)
-                res = minhash([similarity_text(d) for d in docs], ids)
-                counts["near_duplicates"] += int(len(docs) - res.keep.sum())
+        t_tasks = time.perf_counter()
+        results = _task_results(tasks, cfg, work, workers)
+        while True:
+            try:
+                res = next(results)
+            except StopIteration:
+                break
+            except TaskStrictError as e:
+                t = tasks[e.task]
+                raise quarantine.strict_error(t.file, line_offset[t.file] + e.line, e.reason, e.detail) from None
+            f = res.task.file
+            off = line_offset[f]
+            line_offset[f] += res.n_lines
+            for line, reason, detail, excerpt in res.bad:
+                quarantine.add(f, off + line, reason, detail, excerpt)
+            counts.update(res.counts)
+            for k, v in res.seconds.items():
+                seconds[k] += v
+            keep = np.ones(len(res.lengths), dtype=np.bool_)
+            if exact is not None and res.digests is not None:
+                keep &= exact.insert(res.digests)
+                counts["exact_duplicates"] += int(len(keep) - keep.sum())
+            if minhash is not None and res.signatures is not None and keep.any():
+                idx = np.flatnonzero(keep)
+                doc_ids = (np.int64(f) << np.int64(40)) | (off + res.lines[idx])
+                mh = minhash.add(res.signatures[idx], doc_ids)
+                keep[idx] = mh.keep
+                counts["near_duplicates"] += int(len(idx) - mh.keep.sum())
                 if report_f is not None:
-                    import orjson
-
-                    for d, k, m, s in zip(docs, res.keep, res.match, res.similarity):
-                        if not k:
-                            report_f.write(orjson.dumps({
-                                "source": files[d.file], "line": d.line,
-                                "matched_source": files[int(m) >> 40], "matched_line": int(m) & ((1 << 40) - 1),
-                                "similarity": round(float(s), 4)}) + b"\n")
-                docs = [d for d, k in zip(docs, res.keep) if k]
-            seconds["dedupe"] += time.perf_counter() - t
-            if docs:
-                pending.append((docs, pool.submit(timed_encode, docs)))
-            drain(1)  # keep one batch tokenizing while the next is read
-
-        batch: list[Doc] = []
-        batch_size = 0
-        t_read = time.perf_counter()
-        try:
-            for raw in read_all(files, cfg.read):
-                if raw.bad is not None:
-                    if raw.bad.reason == "blank_line":
-                        counts["blank_lines"] += 1
-                        continue
-                    counts["records_read"] += 1
-                    quarantine.add(raw.file, raw.line, raw.bad.reason, raw.bad.detail, raw.bad.excerpt)
-                    continue
-                counts["records_read"] += 1
-                if raw.repaired:
-                    counts[f"repaired_{raw.repaired}"] += 1
-                try:
-                    doc = mapper(raw.value, raw.file, raw.line)
-                    if cleaner(doc):
-                        counts["repaired_cleaning"] += 1
-                except RecordError as e:
-                    quarantine.add(raw.file, raw.line, e.reason, e.detail, _excerpt(raw.value))
-                    continue
-                size = _doc_size(doc)
-                text_bytes += size
-                batch.append(doc)
-                batch_size += size
-                if batch_size >= cfg.batch_bytes:
-                    submit(batch)
-                    batch, batch_size = [], 0
-            if batch:
-                submit(batch)
-            drain(0)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        seconds["read_clean_dedupe_tokenize"] = time.perf_counter() - t_read
+                    _report(report_f, files, doc_ids, mh)
+            kinds += np.bincount(res.kinds[keep], minlength=len(KIND_NAMES))
+            target_tokens += int(res.targets[keep].sum())
+            text_chars += res.text_chars
+            spill.append_task(res, keep)
+            progress.update(counts["records_read"], text_chars, spill.tokens)
+        seconds["tasks_wall"] = time.perf_counter() - t_tasks
 
         # ---- pack -------------------------------------------------------------------------
         progress.message("packing")
         t = time.perf_counter()
-        lengths, has_mask = spill.finish()
+        lengths, planned, has_mask = spill.finish()
         doc_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=doc_offsets[1:])
-        packing = plan(lengths, cfg.pack)
+        packing = plan(planned, cfg.pack)  # removed duplicates have length 0: no piece
         seconds["pack"] = time.perf_counter() - t
 
         # ---- write ------------------------------------------------------------------------
@@ -358,7 +360,7 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
             report_f = None
 
         dropped = dict(sorted(quarantine.counts.items()))
-        kept_docs = int(len(lengths))
+        kept_docs = int(kinds.sum())
         count_out: dict[str, Any] = {
             "records_read": counts["records_read"],
             "records_kept": kept_docs,
@@ -368,16 +370,16 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
             "near_duplicates": counts["near_duplicates"],
             "blank_lines": counts["blank_lines"],
             "repaired": {k[len("repaired_"):]: v for k, v in sorted(counts.items()) if k.startswith("repaired_")},
-            "documents_by_shape": {k[len("kept_"):]: v for k, v in sorted(counts.items()) if k.startswith("kept_")},
+            "documents_by_shape": {n: int(k) for n, k in zip(KIND_NAMES, kinds) if k},
             "documents_split": packing.docs_split,
             "documents_truncated": packing.docs_truncated,
             "tokens": packing.tokens_in,
             "tokens_kept": packing.tokens_kept,
             "tokens_dropped": packing.tokens_dropped,
-            "target_tokens": spill.target_tokens,
+            "target_tokens": target_tokens,
             "rows": packing.n_rows,
             "padding_tokens": packing.n_rows * L - packing.tokens_kept,
-            "text_chars": text_bytes,
+            "text_chars": text_chars,
         }
         pack_out = {"mode": cfg.pack.mode, "long_policy": cfg.pack.long_policy, "seq_len": L,
                     "efficiency": round(packing.efficiency, 6),
@@ -399,6 +401,7 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
         })
         seconds["write"] = time.perf_counter() - t
         seconds["total"] = time.perf_counter() - t_start
+        seconds["workers"] = workers
         progress.close()
         stats = PrepareStats(out=str(out), counts=count_out, packing=pack_out,
                              seconds={k: round(v, 3) for k, v in seconds.items()}, manifest=manifest)

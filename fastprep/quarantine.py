@@ -51,9 +51,7 @@ class Quarantine:
     def add(self, file: int, line: int, reason: str, detail: str, excerpt: bytes | str = b"") -> None:
         source = self.files[file] if 0 <= file < len(self.files) else "?"
         if self.strict:
-            hint = FIXES.get(reason, "fix the record")
-            raise StrictError(f"{source}:{line}: {reason}: {detail}. Fix: {hint} "
-                              f"(or run without --strict to skip and quarantine bad records)")
+            raise self.strict_error(file, line, reason, detail)
         self.counts[reason] += 1
         if self._tmp is None:
             return
@@ -63,6 +61,12 @@ class Quarantine:
             excerpt = excerpt[:200].decode("utf-8", errors="replace")
         self._f.write(orjson.dumps({"source": source, "line": line, "reason": reason,
                                     "detail": detail, "excerpt": excerpt[:200]}) + b"\n")
+
+    def strict_error(self, file: int, line: int, reason: str, detail: str) -> StrictError:
+        source = self.files[file] if 0 <= file < len(self.files) else "?"
+        hint = FIXES.get(reason, "fix the record")
+        return StrictError(f"{source}:{line}: {reason}: {detail}. Fix: {hint} "
+                           f"(or run without --strict to skip and quarantine bad records)")
 
     def close(self) -> None:
         """Publish the file (only when something was quarantined)."""

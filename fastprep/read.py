@@ -203,17 +203,24 @@ except ImportError:  # pragma: no cover
     pass
 
 
-def _iter_lines(stream: BinaryIO, limit: int) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, bytes) per line; bytes None for a line longer than ``limit`` (skipped)."""
+def _iter_lines(stream: BinaryIO, limit: int, budget: int | None = None) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes) per line; bytes None for a line longer than ``limit`` (skipped).
+
+    With ``budget``, only lines that *start* within the next ``budget`` bytes are read (the last
+    one is finished even if it runs past): how a byte-range task reads its share of a file.
+    """
     lineno = 0
-    while True:
+    pos = 0
+    while budget is None or pos < budget:
         line = stream.readline(limit + 1)
         if not line:
             return
         lineno += 1
+        pos += len(line)
         if len(line) > limit and not line.endswith(b"\n"):
             while True:  # stream through the rest of the oversized line without keeping it
                 rest = stream.readline(1 << 20)
+                pos += len(rest)
                 if not rest or rest.endswith(b"\n"):
                     break
             yield lineno, None
@@ -235,17 +242,33 @@ def _decode(data: bytes, policy: str) -> tuple[str | None, bool]:
         return None, False
 
 
-def read_jsonl(path: str, file_index: int, cfg: ReadConfig) -> Iterator[Raw]:
+def read_jsonl(path: str, file_index: int, cfg: ReadConfig, start: int = 0,
+               end: int | None = None) -> Iterator[Raw]:
+    """Records of a JSON Lines file; with ``start``/``end`` (uncompressed files only) just the lines
+    that start in ``[start, end)``, numbered from 1 at the first of them."""
     limit = cfg.max_record_bytes
     with open_binary(path) as stream:
         lineno = 0
+        budget = None
+        if start or end is not None:
+            if start:
+                # The line in progress at `start` belongs to the previous range: skip it in
+                # bounded chunks (it may be an oversized line).
+                stream.seek(start - 1)
+                start -= 1
+                while True:
+                    chunk = stream.readline(1 << 20)
+                    start += len(chunk)
+                    if not chunk or chunk.endswith(b"\n"):
+                        break
+            budget = None if end is None else max(0, end - start)
         try:
-            for lineno, line in _iter_lines(stream, limit):
+            for lineno, line in _iter_lines(stream, limit, budget):
                 if line is None:
                     yield Raw(file_index, lineno, None,
                               Bad("record_too_large", f"line longer than --max-record-bytes {limit}"))
                     continue
-                if lineno == 1 and line.startswith(UTF8_BOM):
+                if lineno == 1 and start == 0 and line.startswith(UTF8_BOM):
                     line = line[3:]
                 if not line.strip():
                     yield Raw(file_index, lineno, None, Bad("blank_line", "empty line"))
@@ -253,7 +276,7 @@ def read_jsonl(path: str, file_index: int, cfg: ReadConfig) -> Iterator[Raw]:
                 repaired = None
                 try:
                     value = orjson.loads(line)
-                except orjson.JSONDecodeError as e:
+                except orjson.JSONDecodeError:
                     text, fixed = _decode(line, cfg.invalid_utf8)
                     if text is None:
                         yield Raw(file_index, lineno, None,

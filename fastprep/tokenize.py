@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .chat import DEFAULT_CHAT_TEMPLATE, ChatRenderer, TemplateError
-from .records import CHAT, PROMPT, TEXT, Doc
+from .records import PROMPT, TEXT, Doc
 
 
 class TokenizerError(ValueError):
@@ -252,9 +252,9 @@ class Encoder:
                 tail = [b.eos_id] if b.add_eos and not (ids and ids[-1] == b.eos_id) else []
                 full = head + ids + tail
                 if mask_parts is not None:
-                    m = np.ones(len(full), dtype=np.uint8)
-                    m[: len(head)] = 0
-                    mask_parts.append(m)
+                    # All ones, as when no mask is stored at all: the bytes must not depend on
+                    # which documents share a batch. (A document's first token is never a label.)
+                    mask_parts.append(np.ones(len(full), dtype=np.uint8))
             elif d.kind == PROMPT:
                 p, comp = fast[f].ids, fast[f + 1].ids
                 f += 2

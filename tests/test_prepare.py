@@ -24,6 +24,7 @@ from fastprep.quarantine import StrictError
 def config(inputs, out, tok, seq_len=64, **kw) -> PrepareConfig:
     pack = kw.pop("pack", PackConfig(seq_len=seq_len))
     read = kw.pop("read", ReadConfig(paths=tuple(str(i) for i in inputs)))
+    kw.setdefault("workers", 1)  # in-process; the worker-count tests below use 2
     return PrepareConfig(read=read, tokenize=TokenizeConfig(tokenizer=str(tok)), out=str(out),
                          pack=pack, progress=False, **kw)
 
@@ -85,7 +86,7 @@ def test_text_corpus_round_trip_and_counts(tmp_path: Path, tokenizer_dir: Path, 
 
 def test_every_bad_input_kind_counted_and_quarantined(tmp_path: Path, tokenizer_dir: Path) -> None:
     good = [{"text": f"good record {i} alpha beta"} for i in range(10)]
-    p = write_jsonl(tmp_path / "bad.jsonl", good[:5], raw_lines=[
+    write_jsonl(tmp_path / "bad.jsonl", good[:5], raw_lines=[
         b'{"text": "unterminated',                      # malformed_json
         b'[1, 2]',                                      # not_an_object
         b'{"text": "bad \xff utf8"}',                    # invalid_utf8
@@ -152,7 +153,7 @@ def test_prompt_and_chat_loss_masks_survive_packing(tmp_path: Path, tokenizer_di
             assert targets[-1] == tokenizer.token_to_id("<|im_end|>")
         else:
             got_text += 1
-            assert mask == [0] + [1] * (len(ids) - 1)
+            assert mask == [1] * len(ids)
     assert sorted(got_prompt) == completions
     assert (got_text, got_chat) == (40, 40)
     assert stats.counts["target_tokens"] == sum(int(np.asarray(s.arrays["loss_mask"]).sum()) for s in ds.shards)
@@ -191,22 +192,32 @@ def test_pack_modes_end_to_end(tmp_path: Path, tokenizer_dir: Path, mode: str, l
         assert stats.packing["efficiency"] > 0.9
 
 
-def test_deterministic_bytes_and_batch_size_independence(tmp_path: Path, tokenizer_dir: Path) -> None:
-    texts = make_texts(400, seed=7)
-    p = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in texts + texts[:20]])
-    prepare(config([p], tmp_path / "o1", tokenizer_dir))
-    prepare(config([p], tmp_path / "o2", tokenizer_dir))
-    prepare(config([p], tmp_path / "o3", tokenizer_dir, batch_bytes=500))
+def test_same_bytes_whatever_workers_tasks_and_batches(tmp_path: Path, tokenizer_dir: Path) -> None:
+    texts = make_texts(600, seed=7)
+    recs = [{"text": t} for t in texts + texts[:20]]
+    recs += [{"prompt": f"q{i} alpha", "completion": f" a{i} beta"} for i in range(30)]
+    a = write_jsonl(tmp_path / "a.jsonl", recs[:300], raw_lines=[b"{bad json"])
+    b = write_jsonl(tmp_path / "b.jsonl", recs[300:])
+    (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(json.dumps({"text": texts[3]}).encode() + b"\n"))
+    inputs = [a, b, tmp_path / "c.jsonl.gz"]
+    prepare(config(inputs, tmp_path / "o1", tokenizer_dir))
+    prepare(config(inputs, tmp_path / "o2", tokenizer_dir))
+    prepare(config(inputs, tmp_path / "o3", tokenizer_dir, batch_bytes=500, task_bytes=2000))
+    prepare(config(inputs, tmp_path / "o4", tokenizer_dir, workers=2, task_bytes=3000))
     h1 = file_hashes(tmp_path / "o1")
-    assert h1 == file_hashes(tmp_path / "o2")
-    m1 = json.loads((tmp_path / "o1" / "manifest.json").read_text())
-    m3 = json.loads((tmp_path / "o3" / "manifest.json").read_text())
-    m1["config"].pop("batch_bytes"), m3["config"].pop("batch_bytes")
-    assert m1 == m3
-    h3 = file_hashes(tmp_path / "o3")
-    assert {k: v for k, v in h1.items() if k != "manifest.json"} == {k: v for k, v in h3.items() if k != "manifest.json"}
-    prepare(config([p], tmp_path / "o4", tokenizer_dir, pack=PackConfig(seq_len=64, seed=1)))
-    assert file_hashes(tmp_path / "o4")["shard-00000.input_ids.bin"] != h1["shard-00000.input_ids.bin"]
+    assert "loss_mask" in " ".join(h1)
+    for other in ("o2", "o3", "o4"):
+        assert file_hashes(tmp_path / other) == h1, other
+    q = [json.loads(x) for x in (tmp_path / "o4" / "quarantine.jsonl").read_text().splitlines()]
+    assert [(Path(x["source"]).name, x["line"]) for x in q] == [("a.jsonl", 301)]
+    prepare(config(inputs, tmp_path / "o5", tokenizer_dir, pack=PackConfig(seq_len=64, seed=1)))
+    assert file_hashes(tmp_path / "o5")["shard-00000.input_ids.bin"] != h1["shard-00000.input_ids.bin"]
+
+
+def test_strict_line_numbers_are_global_across_byte_range_tasks(tmp_path: Path, tokenizer_dir: Path) -> None:
+    p = write_jsonl(tmp_path / "s.jsonl", [{"text": t} for t in make_texts(200)], raw_lines=[b'{"text": 7}'])
+    with pytest.raises(StrictError, match=r"s\.jsonl:201: wrong_type"):
+        prepare(config([p], tmp_path / "out", tokenizer_dir, strict=True, task_bytes=1000, workers=2))
 
 
 def test_sharding(tmp_path: Path, tokenizer_dir: Path) -> None:

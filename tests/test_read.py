@@ -170,3 +170,24 @@ def test_config_validation_names_flags() -> None:
         ReadConfig(paths=("x",), text_unit="word")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="--max-record-bytes"):
         ReadConfig(paths=("x",), max_record_bytes=0)
+
+
+def test_byte_ranges_partition_lines_exactly(tmp_path: Path) -> None:
+    from fastprep.read import read_jsonl
+
+    lines = [json.dumps({"text": "x" * (i % 37)}).encode() for i in range(300)]
+    lines[100] = b'{"text": "' + b"y" * 5000 + b'"}'   # a long line crossing range boundaries
+    lines[150] = b"{broken"
+    data = b"\n".join(lines) + b"\n"
+    p = tmp_path / "r.jsonl"
+    p.write_bytes(data)
+    cfg = ReadConfig(paths=(str(p),))
+    whole = [(r.line, r.value, r.bad.reason if r.bad else None) for r in read_jsonl(str(p), 0, cfg)]
+    for step in (1, 7, 64, 1000, 4999, len(data)):
+        got = []
+        offset = 0
+        for start in range(0, len(data), step):
+            part = list(read_jsonl(str(p), 0, cfg, start, min(start + step, len(data))))
+            got += [(offset + r.line, r.value, r.bad.reason if r.bad else None) for r in part]
+            offset += len(part)
+        assert got == whole, step

@@ -78,8 +78,8 @@ def test_prompt_completion_loss_mask_exact(tokenizer_dir: Path, tokenizer) -> No
     c = tokenizer.encode(completion, add_special_tokens=False).ids
     assert ids == [b.bos_id, *p, *c, b.eos_id]
     assert mask == [0] * (1 + len(p)) + [1] * (len(c) + 1)
-    # a plain-text document in a mixed batch: every token but BOS is a target
-    assert tmask == [0] + [1] * (len(tids) - 1)
+    # a plain-text document in a mixed batch: all ones, exactly as when no mask is stored
+    assert tmask == [1] * len(tids)
 
 
 def test_chat_loss_mask_exact_token_by_token(tokenizer_dir: Path, tokenizer) -> None:

@@ -1,0 +1,267 @@
+"""Work units and the per-task stage function: read -> map -> clean -> hash -> tokenize -> spill.
+
+A task is a whole input file or, for large uncompressed JSON Lines files, a byte range of one
+(split at line boundaries by the reader), with a deterministic index in input order. Tasks are
+the unit of parallelism: ``fastprep prepare --workers N`` runs :func:`run_task` in N spawned
+processes, each with a tokenizer thread pool of ``cores / N`` threads (one shared Rust pool
+stops scaling past a few cores: measured ~1.45 of 2 cores here for ``encode_batch_fast``). The
+parent merges results strictly in task order, so the output does not depend on N.
+
+A task writes its token ids (and loss mask) to ``<work>/task-<index>.*.bin`` and returns only
+small per-document arrays: lengths, 128-bit digests for exact deduplication, optional MinHash
+signatures, kinds, line numbers and target-token counts (~40 bytes per document, plus 8 bytes per
+MinHash permutation). Duplicates are decided by the parent in input order and masked out of
+packing; their tokens were computed in vain, a cost bounded by the duplicate rate.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .read import Raw, file_kind, read_file, read_jsonl
+
+if TYPE_CHECKING:
+    from .prepare import PrepareConfig
+
+
+@dataclass(frozen=True)
+class Task:
+    index: int
+    file: int            # index into the sorted input file list
+    path: str
+    start: int = 0       # byte range of an uncompressed JSONL file; (0, None) = whole file
+    end: int | None = None
+    size: int = 0        # bytes, for largest-first scheduling and progress
+
+
+def plan_tasks(files: list[str], target_bytes: int) -> list[Task]:
+    """Whole files, with uncompressed JSON Lines files larger than 2 x target cut into ranges."""
+    tasks: list[Task] = []
+    for i, path in enumerate(files):
+        size = os.path.getsize(path)
+        low = path.lower()
+        splittable = file_kind(path) == "jsonl" and not low.endswith((".gz", ".zst", ".zstd"))
+        if splittable and size > 2 * target_bytes:
+            n = -(-size // target_bytes)
+            bounds = [size * k // n for k in range(n + 1)]
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                tasks.append(Task(len(tasks), i, path, a, b, b - a))
+        else:
+            tasks.append(Task(len(tasks), i, path, 0, None, size))
+    return tasks
+
+
+class TaskStrictError(ValueError):
+    """A bad record under --strict inside a task; the parent rewrites its line number globally."""
+
+    def __init__(self, task: int, line: int, reason: str, detail: str) -> None:
+        super().__init__(task, line, reason, detail)
+        self.task, self.line, self.reason, self.detail = task, line, reason, detail
+
+
+@dataclass
+class TaskResult:
+    task: Task
+    n_lines: int                          # raw records (lines/rows) consumed, for global line numbers
+    bad: list[tuple[int, str, str, Any]]  # (local line, reason, detail, excerpt)
+    counts: Counter[str]
+    lengths: np.ndarray                   # int64 [docs]
+    lines: np.ndarray                     # int64 [docs], local line numbers
+    kinds: np.ndarray                     # uint8 [docs]
+    targets: np.ndarray                   # int64 [docs], target tokens per document
+    digests: np.ndarray | None            # uint64 [docs, 2]
+    signatures: np.ndarray | None         # MinHash signatures [docs, num_perm]
+    ids_path: str
+    mask_path: str | None                 # None when every document is plain text
+    text_chars: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+_STATE: dict[str, Any] = {}
+
+
+def init_worker(threads: int) -> None:
+    """Process-pool initializer: size the Rust pool before tokenizers is first used here."""
+    if threads > 0:
+        os.environ["RAYON_NUM_THREADS"] = str(threads)
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+
+
+def _stages(cfg: PrepareConfig) -> dict[str, Any]:
+    """Per-process stage objects, built once per configuration (tokenizer load, template compile)."""
+    key = repr(cfg)
+    if _STATE.get("key") != key:
+        from .clean import Cleaner
+        from .records import RecordMapper
+        from .tokenize import Encoder, TokenizerBundle
+
+        bundle = TokenizerBundle(cfg.tokenize)
+        _STATE.clear()
+        _STATE.update(key=key, mapper=RecordMapper(cfg.records), cleaner=Cleaner(cfg.clean),
+                      encoder=Encoder(bundle), dtype=np.dtype(_ids_dtype(bundle.vocab_size)))
+    return _STATE
+
+
+def _ids_dtype(vocab: int) -> np.dtype:
+    from .format import ids_dtype
+
+    return ids_dtype(vocab)
+
+
+def _raws(task: Task, cfg: PrepareConfig):
+    if task.end is not None:
+        return read_jsonl(task.path, task.file, cfg.read, task.start, task.end)
+    return read_file(task.path, task.file, cfg.read)
+
+
+def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
+    """Process one task; safe to call in a worker process or inline."""
+    import time
+
+    from .dedupe import ExactDeduper
+    from .records import RecordError, dedupe_key, similarity_text
+
+    st = _stages(cfg)
+    mapper, cleaner, encoder, dtype = st["mapper"], st["cleaner"], st["encoder"], st["dtype"]
+    minhash_cfg = cfg.dedupe.minhash
+    if minhash_cfg is not None:
+        from .minhash import signatures as minhash_signatures
+    ids_path = Path(work) / f"task-{task.index:06d}.ids.bin"
+    mask_path = Path(work) / f"task-{task.index:06d}.loss_mask.bin"
+    bad: list[tuple[int, str, str, Any]] = []
+    counts: Counter[str] = Counter()
+    lengths: list[np.ndarray] = []
+    lines: list[int] = []
+    kinds: list[int] = []
+    targets: list[np.ndarray] = []
+    digests: list[np.ndarray] = []
+    sigs: list[np.ndarray] = []
+    n_lines = 0
+    text_chars = 0
+    tokens_written = 0
+    mask_f = None
+    seconds: Counter[str] = Counter()
+
+    def flush(docs: list) -> None:
+        nonlocal tokens_written, mask_f
+        if cfg.dedupe.exact:
+            digests.append(ExactDeduper.digests([dedupe_key(d) for d in docs]))
+        if minhash_cfg is not None:
+            t = time.perf_counter()
+            sigs.append(minhash_signatures([similarity_text(d) for d in docs], minhash_cfg))
+            seconds["minhash_signatures"] += time.perf_counter() - t
+        t = time.perf_counter()
+        enc = encoder(docs)
+        seconds["tokenize"] += time.perf_counter() - t
+        if not enc.keep.all():
+            for i, reason, detail in enc.errors:
+                _bad(docs[i].line, reason, detail, "")
+            keep = enc.keep
+            if digests and cfg.dedupe.exact:
+                digests[-1] = digests[-1][keep]
+            if sigs:
+                sigs[-1] = sigs[-1][keep]
+            docs = [d for d, k in zip(docs, keep) if k]
+        ids_f.write(enc.ids.astype(dtype, copy=False).tobytes())
+        if enc.loss_mask is not None and mask_f is None:
+            mask_f = open(mask_path, "wb")
+            _write_ones(mask_f, tokens_written)
+        if mask_f is not None:
+            mask = enc.loss_mask if enc.loss_mask is not None else np.ones(len(enc.ids), np.uint8)
+            mask_f.write(mask.tobytes())
+            bounds = np.concatenate([[0], np.cumsum(enc.lengths)[:-1]]).astype(np.int64)
+            targets.append(np.add.reduceat(mask.astype(np.int64), bounds) if len(mask) else
+                           np.zeros(len(enc.lengths), np.int64))
+        else:
+            targets.append(enc.lengths.copy())
+        tokens_written += len(enc.ids)
+        lengths.append(enc.lengths)
+        lines.extend(d.line for d in docs)
+        kinds.extend(d.kind for d in docs)
+
+    def _bad(line: int, reason: str, detail: str, excerpt: Any) -> None:
+        if cfg.strict:
+            raise TaskStrictError(task.index, line, reason, detail)
+        bad.append((line, reason, detail, excerpt))
+
+    batch: list = []
+    size = 0
+    with open(ids_path, "wb") as ids_f:
+        try:
+            t_read = time.perf_counter()
+            raw: Raw
+            for raw in _raws(task, cfg):
+                n_lines += 1
+                if raw.bad is not None:
+                    if raw.bad.reason == "blank_line":
+                        counts["blank_lines"] += 1
+                    else:
+                        counts["records_read"] += 1
+                        _bad(raw.line, raw.bad.reason, raw.bad.detail, raw.bad.excerpt)
+                    continue
+                counts["records_read"] += 1
+                if raw.repaired:
+                    counts[f"repaired_{raw.repaired}"] += 1
+                try:
+                    doc = mapper(raw.value, raw.file, raw.line)
+                    if cleaner(doc):
+                        counts["repaired_cleaning"] += 1
+                except RecordError as e:
+                    _bad(raw.line, e.reason, e.detail, _excerpt(raw.value))
+                    continue
+                n = _doc_chars(doc)
+                text_chars += n
+                size += n
+                batch.append(doc)
+                if size >= cfg.batch_bytes:
+                    flush(batch)
+                    batch, size = [], 0
+            if batch:
+                flush(batch)
+            seconds["task"] = time.perf_counter() - t_read
+        finally:
+            if mask_f is not None:
+                mask_f.close()
+    # Damaged-stream entries carry the line after the last good one; the count of lines consumed
+    # is what the next range of the same file continues from.
+    return TaskResult(
+        task=task, n_lines=n_lines, bad=bad, counts=counts,
+        lengths=np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
+        lines=np.asarray(lines, dtype=np.int64), kinds=np.asarray(kinds, dtype=np.uint8),
+        targets=np.concatenate(targets) if targets else np.zeros(0, np.int64),
+        digests=(np.concatenate(digests) if digests else np.zeros((0, 2), np.uint64)) if cfg.dedupe.exact else None,
+        signatures=(np.concatenate(sigs) if sigs else None) if minhash_cfg is not None else None,
+        ids_path=str(ids_path), mask_path=str(mask_path) if mask_f is not None else None,
+        text_chars=text_chars, seconds=dict(seconds))
+
+
+def _write_ones(f: Any, n: int) -> None:
+    while n:
+        k = min(n, 1 << 24)
+        f.write(np.ones(k, np.uint8).tobytes())
+        n -= k
+
+
+def _excerpt(value: Any) -> str:
+    if isinstance(value, str):
+        return value[:200]
+    try:
+        import orjson
+
+        return orjson.dumps(value, default=str)[:200].decode("utf-8", "replace")
+    except TypeError:
+        return repr(value)[:200]
+
+
+def _doc_chars(doc: Any) -> int:
+    if doc.kind == 0:
+        return len(doc.text)
+    if doc.kind == 1:
+        return len(doc.prompt) + len(doc.completion)
+    return sum(len(c) for _, c in doc.messages)
