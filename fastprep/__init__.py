@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from .clean import CleanConfig
 from .dedupe import DedupeConfig
 from .format import DatasetError, PackedDataset, open_dataset
+from .minhash import MinHashConfig
 from .pack import PackConfig, PackPlan, fill_rows, plan
 from .prepare import PrepareConfig, PrepareStats, prepare
 from .read import ReadConfig
@@ -17,7 +18,7 @@ from .tokenize import TokenizeConfig, TokenizerBundle
 from .verify import verify
 
 __all__ = [
-    "CleanConfig", "DatasetError", "DedupeConfig", "PackConfig", "PackPlan", "PackedDataset",
+    "CleanConfig", "DatasetError", "DedupeConfig", "MinHashConfig", "PackConfig", "PackPlan", "PackedDataset",
     "PrepareConfig", "PrepareStats", "ReadConfig", "RecordConfig", "TokenizeConfig",
     "TokenizerBundle", "fill_rows", "open_dataset", "plan", "prepare", "verify",
 ]

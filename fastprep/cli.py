@@ -55,6 +55,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--char-ngrams", action="store_true", help="character instead of word n-grams")
     g.add_argument("--bands", type=int, default=None)
     g.add_argument("--rows", type=int, default=None, help="rows per band")
+    g.add_argument("--verify", choices=["signature", "exact"], default="signature",
+                   help="confirm MinHash candidates by signature-estimated (default) or exact Jaccard")
     g.add_argument("--dedupe-report", default=None, help="JSONL of removed near duplicates")
     g = p.add_argument_group("tokenization")
     g.add_argument("--bos", choices=["auto", "always", "never"], default="auto")
@@ -103,7 +105,8 @@ def config_from_args(a: argparse.Namespace) -> Any:
         from .minhash import MinHashConfig
 
         minhash = MinHashConfig(threshold=a.threshold, num_perm=a.num_perm, ngram=a.ngram,
-                                char_ngrams=a.char_ngrams, bands=a.bands, rows=a.rows, seed=a.seed)
+                                char_ngrams=a.char_ngrams, bands=a.bands, rows=a.rows, seed=a.seed,
+                                verify=a.verify)
     return PrepareConfig(
         read=ReadConfig(paths=tuple(a.inputs), text_unit=a.text_unit,
                         max_record_bytes=a.max_record_bytes, invalid_utf8=a.invalid_utf8),

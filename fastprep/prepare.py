@@ -312,7 +312,8 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
             if minhash is not None and res.signatures is not None and keep.any():
                 idx = np.flatnonzero(keep)
                 doc_ids = (np.int64(f) << np.int64(40)) | (off + res.lines[idx])
-                mh = minhash.add(res.signatures[idx], doc_ids)
+                texts = [res.sim_texts[i] for i in idx] if res.sim_texts is not None else None
+                mh = minhash.add(res.signatures[idx], doc_ids, texts)
                 keep[idx] = mh.keep
                 counts["near_duplicates"] += int(len(idx) - mh.keep.sum())
                 if report_f is not None:

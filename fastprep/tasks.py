@@ -77,6 +77,7 @@ class TaskResult:
     targets: np.ndarray                   # int64 [docs], target tokens per document
     digests: np.ndarray | None            # uint64 [docs, 2]
     signatures: np.ndarray | None         # MinHash signatures [docs, num_perm]
+    sim_texts: list[str] | None           # texts MinHash compares, only for verify="exact"
     ids_path: str
     mask_path: str | None                 # None when every document is plain text
     text_chars: int = 0
@@ -90,6 +91,7 @@ def init_worker(threads: int) -> None:
     """Process-pool initializer: size the Rust pool before tokenizers is first used here."""
     if threads > 0:
         os.environ["RAYON_NUM_THREADS"] = str(threads)
+        os.environ["NUMBA_NUM_THREADS"] = str(threads)  # MinHash signature kernels
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
 
 
@@ -142,6 +144,7 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
     targets: list[np.ndarray] = []
     digests: list[np.ndarray] = []
     sigs: list[np.ndarray] = []
+    exact_texts: list[str] | None = [] if minhash_cfg is not None and minhash_cfg.verify == "exact" else None
     n_lines = 0
     text_chars = 0
     tokens_written = 0
@@ -154,7 +157,8 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
             digests.append(ExactDeduper.digests([dedupe_key(d) for d in docs]))
         if minhash_cfg is not None:
             t = time.perf_counter()
-            sigs.append(minhash_signatures([similarity_text(d) for d in docs], minhash_cfg))
+            sim = [similarity_text(d) for d in docs]
+            sigs.append(minhash_signatures(sim, minhash_cfg))
             seconds["minhash_signatures"] += time.perf_counter() - t
         t = time.perf_counter()
         enc = encoder(docs)
@@ -168,6 +172,10 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
             if sigs:
                 sigs[-1] = sigs[-1][keep]
             docs = [d for d, k in zip(docs, keep) if k]
+            if minhash_cfg is not None:
+                sim = [x for x, k in zip(sim, keep) if k]
+        if exact_texts is not None:
+            exact_texts.extend(sim)
         ids_f.write(enc.ids.astype(dtype, copy=False).tobytes())
         if enc.loss_mask is not None and mask_f is None:
             mask_f = open(mask_path, "wb")
@@ -237,6 +245,7 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
         targets=np.concatenate(targets) if targets else np.zeros(0, np.int64),
         digests=(np.concatenate(digests) if digests else np.zeros((0, 2), np.uint64)) if cfg.dedupe.exact else None,
         signatures=(np.concatenate(sigs) if sigs else None) if minhash_cfg is not None else None,
+        sim_texts=exact_texts,
         ids_path=str(ids_path), mask_path=str(mask_path) if mask_f is not None else None,
         text_chars=text_chars, seconds=dict(seconds))
 

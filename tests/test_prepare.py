@@ -293,3 +293,40 @@ def test_cleaning_and_field_options_reach_the_output(tmp_path: Path, tokenizer_d
                            clean=CleanConfig(min_chars=10), dedupe=DedupeConfig(exact=False)))
     assert stats.counts["dropped"] == {"missing_field": 1, "too_short": 1}
     assert stats.counts["records_kept"] == 1
+
+
+def test_minhash_removes_planted_near_duplicates_with_report(tmp_path: Path, tokenizer_dir: Path) -> None:
+    import random
+
+    from fastprep import MinHashConfig
+
+    rng = random.Random(5)
+    base = make_texts(60, seed=11, min_words=200, max_words=260)
+    recs, planted = [], []
+    for i, t in enumerate(base):
+        recs.append({"text": t})
+        if i % 3 == 0:  # a near copy: two words changed (Jaccard of 5-gram sets ~0.9)
+            words = t.split()
+            for _ in range(2):
+                words[rng.randrange(len(words))] = "CHANGED"
+            recs.append({"text": " ".join(words)})
+            planted.append((len(recs), len(recs) - 1))  # (line of the copy, line of its original)
+    p = write_jsonl(tmp_path / "d.jsonl", recs)
+    report = tmp_path / "dups.jsonl"
+    dd = DedupeConfig(minhash=MinHashConfig(threshold=0.8), report=str(report))
+    stats = prepare(config([p], tmp_path / "o1", tokenizer_dir, dedupe=dd, seq_len=512))
+    assert stats.counts["near_duplicates"] == len(planted) == 20
+    assert stats.counts["records_kept"] == 60
+    rows = [json.loads(x) for x in report.read_text().splitlines()]
+    assert sorted((r["line"], r["matched_line"]) for r in rows) == sorted(planted)
+    assert all(0.8 <= r["similarity"] <= 1.0 for r in rows)
+    m = json.loads((tmp_path / "o1" / "manifest.json").read_text())
+    assert m["dedupe"]["minhash"]["bands"] * m["dedupe"]["minhash"]["rows"] <= 128
+    assert m["dedupe"]["minhash_bytes_per_doc"] > 0
+    dd2 = DedupeConfig(minhash=MinHashConfig(threshold=0.8, verify="exact"))
+    stats2 = prepare(config([p], tmp_path / "o2", tokenizer_dir, dedupe=dd2, seq_len=512, workers=2,
+                            task_bytes=20000))
+    assert stats2.counts["near_duplicates"] == 20
+    h1, h2 = file_hashes(tmp_path / "o1"), file_hashes(tmp_path / "o2")
+    assert h1.pop("manifest.json") != h2.pop("manifest.json")  # configs differ (verify mode)
+    assert h1 == h2
