@@ -1,0 +1,237 @@
+"""Packing: variable-length token sequences into fixed-length rows of ``L`` tokens.
+
+Two steps, so that the plan (O(documents) memory) is made once and rows are then materialised in
+blocks straight from a memory-mapped token file:
+
+1. :func:`plan` looks only at document lengths and decides, for every *piece* (a whole document or
+   a chunk of one), its row, its offset in the row and its segment id.
+2. :func:`fill_rows` copies the pieces of rows ``[row_lo, row_hi)`` into padded ``[n, L]`` arrays.
+
+Modes (``--pack``):
+
+- ``bfd`` (default): best-fit decreasing over windows of ``--pack-window`` consecutive documents:
+  pieces longest first, each into the open row with the least room that still holds it. A document
+  of at most ``L`` tokens is never split. A segment tree over remaining capacities makes each
+  placement O(log L) (TRL's ``pack_dataset`` has the same idea but windows of 1,000 examples; the
+  window size here only bounds what may share a row, not memory).
+- ``concat``: Megatron/nanoGPT style: one stream cut every ``L`` tokens; no padding except in the
+  last row, but documents are cut at row boundaries.
+- ``pad``: one piece per row: the honest no-packing baseline.
+
+Documents longer than ``L`` (``--long-docs``, ``bfd`` and ``pad``): ``split`` into ``L``-token
+chunks (each a row of its own) plus a remainder that is packed like any document, or ``truncate``
+to the first ``L`` tokens. Inside a row, pieces are in (document, start) order, segments 1..k,
+padding only at the end. Rows are then shuffled with ``--seed`` so that a training run does not see
+all the long documents first.
+
+Measured cost (2-core x86 container, after JIT warm-up, L=2048, ``benchmarks/bench_pack.py``
+mixture): ``plan`` on 1M documents takes ~0.26 s for ``bfd`` (3.8M docs/s), ~0.18 s for
+``concat``/``pad``; 10M documents ~4 s of CPU. Memory: the plan holds six int64 per piece
+(about one piece per document, ~50 MB per million); ``plan`` peaks at about twice that
+(measured: 1.1 GB above the input for 10M documents).
+``plan`` + ``fill_rows`` of every row runs ~12-15x faster than TRL's ``pack_dataset`` bfd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _pack_kernels as K
+
+PackMode = Literal["bfd", "concat", "pad"]
+LongPolicy = Literal["split", "truncate"]
+_MODES = ("bfd", "concat", "pad")
+_POLICIES = ("split", "truncate")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    """How documents become rows; every field maps to a ``fastprep prepare`` flag."""
+
+    seq_len: int = 2048                                 # --seq-len: L, row length in tokens
+    mode: PackMode = "bfd"                              # --pack
+    long_policy: LongPolicy = "split"                   # --long-docs: docs longer than L (bfd, pad)
+    window_docs: int = 1_000_000                        # --pack-window: BFD window, in documents
+    shuffle: bool = True                                # permute rows with `seed` after packing
+    seed: int = 0                                       # --seed
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.seq_len) or self.seq_len < 1:
+            raise ValueError(f"--seq-len must be a positive integer (tokens per row), "
+                             f"got {self.seq_len!r}")
+        if self.mode not in _MODES:
+            raise ValueError(f"--pack must be one of {', '.join(_MODES)} (bfd: best-fit packing, "
+                             f"concat: concatenate and cut, pad: one document per row), "
+                             f"got {self.mode!r}")
+        if self.long_policy not in _POLICIES:
+            raise ValueError(f"--long-docs must be 'split' (keep every token, in L-token chunks) or "
+                             f"'truncate' (keep the first L tokens), got {self.long_policy!r}")
+        if not _is_int(self.window_docs) or self.window_docs < 1:
+            raise ValueError(f"--pack-window must be a positive number of documents "
+                             f"(e.g. 1000000), got {self.window_docs!r}")
+        if not isinstance(self.shuffle, (bool, np.bool_)):
+            raise ValueError(f"shuffle must be True or False, got {self.shuffle!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"--seed must be a non-negative integer, got {self.seed!r}")
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: field-wise == on arrays has no single truth value
+class PackPlan:
+    """Where every piece goes. One entry per piece, sorted by (row, offset); arrays are read-only."""
+
+    piece_doc: np.ndarray      # int64, source document (0..n_docs-1, input order)
+    piece_start: np.ndarray    # int64, first token of the piece inside its document
+    piece_len: np.ndarray      # int64, tokens in the piece (>= 1)
+    piece_row: np.ndarray      # int64, output row (after shuffle)
+    piece_offset: np.ndarray   # int64, position of the piece's first token inside the row
+    piece_segment: np.ndarray  # int64, segment id inside the row, 1..k
+    n_rows: int
+    tokens_in: int             # sum(lengths)
+    tokens_kept: int           # sum(piece_len)
+    docs_split: int            # documents cut into more than one piece
+    docs_truncated: int        # documents that lost tokens (truncate policy)
+    seq_len: int               # L: fill_rows needs it to shape rows
+
+    @property
+    def efficiency(self) -> float:
+        """Real tokens / (rows x L): 1.0 means no padding at all."""
+        return self.tokens_kept / (self.n_rows * self.seq_len) if self.n_rows else 0.0
+
+    @property
+    def tokens_dropped(self) -> int:
+        return self.tokens_in - self.tokens_kept
+
+    @property
+    def padding(self) -> int:
+        return self.n_rows * self.seq_len - self.tokens_kept
+
+    def stats(self) -> dict[str, int | float]:
+        """The counts the manifest records."""
+        return {"rows": self.n_rows, "tokens_in": self.tokens_in, "tokens_kept": self.tokens_kept,
+                "tokens_dropped": self.tokens_dropped, "padding_tokens": self.padding,
+                "docs_split": self.docs_split, "docs_truncated": self.docs_truncated,
+                "pieces": int(self.piece_len.shape[0]), "efficiency": self.efficiency}
+
+
+def _as_lengths(lengths: npt.ArrayLike) -> np.ndarray:
+    arr = np.asarray(lengths)
+    if arr.ndim != 1:
+        raise ValueError(f"lengths must be a 1-D array of token counts, got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise ValueError(f"lengths must hold integers (token counts per document), got {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)  # one dtype: one compiled kernel
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"lengths must be >= 0; document {int(arr.argmin())} has {int(arr.min())}")
+    return arr
+
+
+def _rows_for_pieces(lengths: np.ndarray, cfg: PackConfig
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int, int]:
+    """Pieces in (doc, start) order with their pre-shuffle row: (doc, start, len, row, n_rows,
+    docs_split, docs_truncated)."""
+    L = cfg.seq_len
+    if cfg.mode == "concat":
+        doc, start, size, row, n_split = K.concat_pieces(lengths, L)
+        n_rows = int(row[-1]) + 1 if row.size else 0
+        return doc, start, size, row, n_rows, int(n_split), 0
+    doc, start, size, n_split, n_trunc = K.split_pieces(lengths, L, cfg.long_policy == "truncate")
+    if cfg.mode == "pad":
+        row, n_rows = np.arange(size.shape[0], dtype=np.int64), int(size.shape[0])
+    else:
+        row, n_rows = K.bfd_rows(size, doc, cfg.window_docs, L)
+    return doc, start, size, row, int(n_rows), int(n_split), int(n_trunc)
+
+
+def _row_order(n_rows: int, cfg: PackConfig) -> np.ndarray:
+    """Output row j holds packed row ``permutation(n_rows)[j]``; empty means unshuffled."""
+    if not cfg.shuffle or n_rows == 0:
+        return np.zeros(0, np.int64)
+    return np.random.default_rng(cfg.seed).permutation(n_rows).astype(np.int64, copy=False)
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+def plan(lengths: npt.ArrayLike, cfg: PackConfig) -> PackPlan:
+    """Plan the packing of documents with the given token counts (``>= 0``; empty documents produce
+    no piece). Deterministic: same lengths and config, same plan."""
+    lengths = _as_lengths(lengths)
+    doc, start, size, row, n_rows, n_split, n_trunc = _rows_for_pieces(lengths, cfg)
+    doc, start, size, row, offset, segment = K.layout_rows(doc, start, size, row, n_rows,
+                                                           _row_order(n_rows, cfg))
+    return PackPlan(piece_doc=_frozen(doc), piece_start=_frozen(start), piece_len=_frozen(size),
+                    piece_row=_frozen(row), piece_offset=_frozen(offset),
+                    piece_segment=_frozen(segment), n_rows=n_rows, tokens_in=int(lengths.sum()),
+                    tokens_kept=int(size.sum()), docs_split=n_split, docs_truncated=n_trunc,
+                    seq_len=cfg.seq_len)
+
+
+def _check_fill_args(p: PackPlan, tokens: np.ndarray, doc_offsets: np.ndarray, lo: int, hi: int,
+                     loss_mask: np.ndarray | None, pad_id: int, ids_dtype: np.dtype,
+                     seg_dtype: np.dtype, seg_max: int) -> None:
+    if not (_is_int(lo) and _is_int(hi) and 0 <= lo <= hi <= p.n_rows):
+        raise ValueError(f"rows [{lo}, {hi}) out of range for a plan of {p.n_rows} rows")
+    if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+        raise ValueError(f"tokens must be a flat integer array, got {tokens.dtype} {tokens.shape}")
+    if doc_offsets.ndim != 1 or doc_offsets.dtype.kind not in "iu":
+        raise ValueError("doc_offsets must be a flat integer array of n_docs + 1 offsets")
+    if p.piece_doc.size and doc_offsets.shape[0] < int(p.piece_doc.max()) + 2:
+        raise ValueError(f"doc_offsets has {doc_offsets.shape[0]} entries; the plan needs one per "
+                         f"document plus one ({int(p.piece_doc.max()) + 2})")
+    if doc_offsets.size and (doc_offsets[0] < 0 or doc_offsets[-1] > tokens.shape[0]):
+        raise ValueError(f"doc_offsets point outside tokens (0..{tokens.shape[0]})")
+    if loss_mask is not None and (loss_mask.shape != tokens.shape or loss_mask.dtype != np.uint8):
+        raise ValueError(f"loss_mask must be uint8 with the shape of tokens {tokens.shape}, got "
+                         f"{loss_mask.dtype} {loss_mask.shape}")
+    if ids_dtype.kind not in "iu" or not np.iinfo(ids_dtype).min <= pad_id <= np.iinfo(ids_dtype).max:
+        raise ValueError(f"pad_id {pad_id} does not fit ids_dtype {ids_dtype}")
+    if seg_dtype.kind not in "iu" or seg_max > np.iinfo(seg_dtype).max:
+        raise ValueError(f"seg_dtype {seg_dtype} cannot hold segment id {seg_max}; use uint16 "
+                         f"(any L < 65536) or uint32")
+
+
+def fill_rows(plan: PackPlan, tokens: np.ndarray, doc_offsets: np.ndarray, row_lo: int,
+              row_hi: int, *, pad_id: int, ids_dtype: npt.DTypeLike, seg_dtype: npt.DTypeLike,
+              loss_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Materialise rows ``[row_lo, row_hi)`` of ``plan``.
+
+    Document ``d`` is ``tokens[doc_offsets[d]:doc_offsets[d+1]]`` (``tokens`` may be a read-only
+    ``np.memmap``; ``loss_mask``, if given, is uint8 aligned with ``tokens``). Returns
+    ``input_ids`` ``[n, L]`` ``ids_dtype`` padded with ``pad_id``, ``segment_ids`` ``[n, L]``
+    ``seg_dtype`` (0 = padding), and ``loss_mask`` ``[n, L]`` uint8 (0 at padding) only when a
+    loss mask was given. Cost: one numba pass over the block, O(n x L).
+    """
+    tokens = np.asarray(tokens)  # a memmap becomes a plain view of the same pages, no copy
+    # int64 offsets: numba would mix uint64 + int64 into float64; a no-op for the usual int64
+    doc_offsets = np.asarray(doc_offsets, dtype=np.int64)
+    ids_dt, seg_dt = np.dtype(ids_dtype), np.dtype(seg_dtype)
+    lo_k, hi_k = (int(k) for k in np.searchsorted(plan.piece_row, [row_lo, row_hi], side="left"))
+    seg_max = int(plan.piece_segment[lo_k:hi_k].max()) if hi_k > lo_k else 0
+    mask = None if loss_mask is None else np.asarray(loss_mask)
+    _check_fill_args(plan, tokens, doc_offsets, row_lo, row_hi, mask, pad_id, ids_dt, seg_dt,
+                     seg_max)
+    docs = plan.piece_doc[lo_k:hi_k]
+    starts, sizes = plan.piece_start[lo_k:hi_k], plan.piece_len[lo_k:hi_k]
+    if docs.size and np.any(starts + sizes > doc_offsets[docs + 1] - doc_offsets[docs]):
+        raise ValueError("doc_offsets disagree with the lengths the plan was made from: a piece "
+                         "runs past the end of its document")
+    n, L = row_hi - row_lo, plan.seq_len
+    out = {"input_ids": np.empty((n, L), ids_dt), "segment_ids": np.empty((n, L), seg_dt)}
+    out_loss = np.empty((n if mask is not None else 0, L), np.uint8)
+    K.fill_rows(docs, starts, sizes, plan.piece_row[lo_k:hi_k], plan.piece_offset[lo_k:hi_k],
+                plan.piece_segment[lo_k:hi_k], row_lo, tokens, doc_offsets,
+                mask if mask is not None else np.zeros(0, np.uint8), int(pad_id),
+                out["input_ids"], out["segment_ids"], out_loss)
+    if mask is not None:
+        out["loss_mask"] = out_loss
+    return out
