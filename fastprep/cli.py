@@ -76,7 +76,10 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                    help="worker processes (default 0: one per core); output is identical for any N")
     g.add_argument("--task-bytes", type=int, default=0, help="input bytes per task (0: automatic)")
     g.add_argument("--strict", action="store_true", help="stop at the first bad record")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an existing dataset (or discard an interrupted run) in --out")
+    g.add_argument("--resume", action="store_true",
+                   help="insist on resuming an interrupted run (automatic when the config and inputs match)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--json", action="store_true", help="print the statistics as JSON")
 
@@ -122,7 +125,7 @@ def config_from_args(a: argparse.Namespace) -> Any:
         pack=PackConfig(seq_len=a.seq_len, mode=a.pack, long_policy=a.long_docs,
                         window_docs=a.pack_window, shuffle=not a.no_shuffle, seed=a.seed),
         shard_rows=a.shard_rows, batch_bytes=a.batch_bytes, workers=a.workers,
-        task_bytes=a.task_bytes, strict=a.strict,
+        task_bytes=a.task_bytes, strict=a.strict, resume=a.resume,
         overwrite=a.overwrite, progress=a.progress,
     )
 
@@ -157,6 +160,8 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     from .prepare import prepare
 
     stats = prepare(config_from_args(a))
+    for note in stats.notes:
+        print(f"fastprep: {note}", file=sys.stderr)
     if a.json:
         print(json.dumps(stats.to_dict(), indent=2))
     else:

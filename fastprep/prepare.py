@@ -44,7 +44,7 @@ from .progress import Progress
 from .quarantine import Quarantine
 from .read import ReadConfig, expand_paths, file_kind, file_sizes
 from .records import KIND_NAMES, RecordConfig
-from .tasks import Task, TaskResult, TaskStrictError, _write_ones, init_worker, plan_tasks, run_task
+from .tasks import Task, TaskResult, TaskStrictError, _write_ones, init_worker, load_result, plan_tasks, run_task
 from .tokenize import TokenizeConfig, TokenizerBundle
 from .write import ShardWriter, atomic_write_bytes
 
@@ -70,7 +70,10 @@ class PrepareConfig:
     workers: worker processes (0: one per available core); the output is identical for any value.
     task_bytes: input bytes per task (0: automatic, 1-64 MiB so each worker gets several tasks).
     strict: stop at the first bad record with an error naming file, line and fix.
-    overwrite: replace an existing dataset in ``out``.
+    overwrite: replace an existing dataset (or discard an interrupted run) in ``out``.
+    resume: insist on resuming an interrupted run in ``out`` (refused when its configuration or
+        inputs differ). Without it, an interrupted run with the same fingerprint is resumed
+        automatically and one with a different fingerprint is discarded.
     progress: show a progress line (None: only when stderr is a terminal).
     """
 
@@ -88,6 +91,7 @@ class PrepareConfig:
     strict: bool = False
     overwrite: bool = False
     progress: bool | None = None
+    resume: bool = False
 
     def __post_init__(self) -> None:
         if not self.out:
@@ -105,7 +109,7 @@ class PrepareConfig:
         """The configuration that determines the output bytes: no output path, display flags or
         parallelism settings, which never change a byte."""
         d = dataclasses.asdict(self)
-        for k in ("out", "overwrite", "progress", "workers", "task_bytes", "batch_bytes"):
+        for k in ("out", "overwrite", "progress", "workers", "task_bytes", "batch_bytes", "resume"):
             d.pop(k)
         return d
 
@@ -119,35 +123,86 @@ class PrepareStats:
     packing: dict[str, Any]
     seconds: dict[str, float]
     manifest: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"out": self.out, "counts": self.counts, "packing": self.packing, "seconds": self.seconds}
+        return {"out": self.out, "counts": self.counts, "packing": self.packing, "seconds": self.seconds,
+                "notes": self.notes}
 
 
-def _claim_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} exists and is not a folder")
-    if not out.exists():
-        out.mkdir(parents=True)
-        return
-    names = os.listdir(out)
-    foreign = [n for n in names if not n.startswith(_OWNED_PREFIXES)]
-    if foreign:
-        raise OutputError(f"--out {out} holds files fastprep did not write ({', '.join(sorted(foreign)[:3])}"
-                          f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder")
-    if MANIFEST in names and not overwrite:
-        raise OutputError(f"--out {out} already holds a finished dataset; pass --overwrite to replace it")
-    # Remove the manifest first so the folder stops being a "finished dataset" before shards go.
+def _fingerprint(cfg: PrepareConfig, files: list[str], bundle: TokenizerBundle) -> str:
+    """What the output depends on: configuration, code version, tokenizer, template and inputs
+    (path, size, modification time). A resumed run must match it exactly."""
+    import hashlib
+
+    import orjson
+
+    inputs = []
+    for f in files:
+        st = os.stat(f)
+        inputs.append([f, st.st_size, st.st_mtime_ns])
+    blob = orjson.dumps({"fastprep": __version__, "config": cfg.manifest_config(),
+                         "tokenizer": bundle.sha256, "template": bundle.chat_template,
+                         "inputs": inputs}, option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _clear(out: Path, names: list[str], keep: str | None = None) -> None:
+    # The manifest goes first so the folder stops being a "finished dataset" before shards go.
     if MANIFEST in names:
         (out / MANIFEST).unlink()
     for n in names:
         p = out / n
-        if n == MANIFEST:
+        if n == MANIFEST or n == keep:
             continue
         if p.is_dir():
             shutil.rmtree(p)
         else:
             p.unlink()
+
+
+def _claim_out_dir(out: Path, cfg: PrepareConfig, fingerprint: str) -> tuple[int | None, list[str]]:
+    """Make ``out`` ready. Returns the task size of an interrupted run to resume (None for a fresh
+    start) and notes for the user."""
+    notes: list[str] = []
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} exists and is not a folder")
+    if not out.exists():
+        if cfg.resume:
+            raise OutputError(f"--resume: {out} holds no interrupted run")
+        out.mkdir(parents=True)
+        return None, notes
+    names = os.listdir(out)
+    foreign = [n for n in names if not n.startswith(_OWNED_PREFIXES)]
+    if foreign:
+        raise OutputError(f"--out {out} holds files fastprep did not write ({', '.join(sorted(foreign)[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder")
+    if MANIFEST in names:
+        if not cfg.overwrite:
+            raise OutputError(f"--out {out} already holds a finished dataset; pass --overwrite to replace it")
+        _clear(out, names)
+        return None, notes
+    state = None
+    if WORK_DIR in names:
+        try:
+            import orjson
+
+            state = orjson.loads((out / WORK_DIR / "state.json").read_bytes())
+        except (OSError, ValueError):
+            state = None
+    if state is not None and state.get("fingerprint") == fingerprint and not cfg.overwrite and (
+            not cfg.task_bytes or cfg.task_bytes == state.get("task_bytes")):
+        _clear(out, names, keep=WORK_DIR)  # partial shards of the interrupted run go
+        return int(state["task_bytes"]), notes
+    if cfg.resume:
+        why = ("its configuration, tokenizer or input files differ from this run's"
+               if state is not None else "it left no resumable state")
+        raise OutputError(f"--resume: cannot resume the run in {out}: {why}; run without --resume "
+                          f"to start over")
+    if names:
+        notes.append(f"discarded an unfinished run in {out} (different configuration or inputs)")
+    _clear(out, names)
+    return None, notes
 
 
 class _TokenSpill:
@@ -158,7 +213,7 @@ class _TokenSpill:
         self.dtype = dtype
         self.ids_path = work / "ids.bin"
         self.mask_path = work / "loss_mask.bin"
-        self._ids = open(self.ids_path, "wb")
+        self._ids = open(self.ids_path, "wb")  # rebuilt from the task files on every (re)run
         self._mask: Any = None
         self._lengths: list[np.ndarray] = []   # tokens per document, duplicates included
         self._planned: list[np.ndarray] = []   # the same with removed documents at 0
@@ -181,10 +236,7 @@ class _TokenSpill:
                 _write_ones(self._mask, n_tokens)
         self._lengths.append(res.lengths)
         self._planned.append(np.where(keep, res.lengths, 0))
-        self.tokens += n_tokens
-        for path in (res.ids_path, res.mask_path):
-            if path is not None:
-                os.unlink(path)
+        self.tokens += n_tokens  # task files stay until the run succeeds: a crash resumes from them
 
     def finish(self) -> tuple[np.ndarray, np.ndarray, bool]:
         """(lengths, planned lengths, has_loss_mask); closes the files."""
@@ -222,12 +274,15 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _task_results(tasks: list[Task], cfg: PrepareConfig, work: Path, workers: int) -> Iterator[TaskResult]:
-    """Results strictly in task order. Tasks are submitted largest first so no worker is left
-    with a big file at the end; the parent only waits for the next one in order."""
-    if workers == 1:
+def _task_results(tasks: list[Task], cfg: PrepareConfig, work: Path, workers: int,
+                  done: dict[int, TaskResult]) -> Iterator[TaskResult]:
+    """Results strictly in task order (``done`` holds those saved by an interrupted run). Tasks are
+    submitted largest first so no worker is left with a big file at the end; the parent only
+    waits for the next one in order."""
+    todo = [t for t in tasks if t.index not in done]
+    if workers == 1 or len(todo) <= 1:
         for t in tasks:
-            yield run_task(t, cfg, str(work))
+            yield done[t.index] if t.index in done else run_task(t, cfg, str(work))
         return
     ctx = multiprocessing.get_context("spawn")  # never tokenize in a forked copy of a parent
     threads = max(1, available_cores() // workers)
@@ -235,9 +290,9 @@ def _task_results(tasks: list[Task], cfg: PrepareConfig, work: Path, workers: in
                                initargs=(threads,))
     try:
         futures = {t.index: pool.submit(run_task, t, cfg, str(work))
-                   for t in sorted(tasks, key=lambda t: (-t.size, t.index))}
+                   for t in sorted(todo, key=lambda t: (-t.size, t.index))}
         for t in tasks:
-            yield futures[t.index].result()
+            yield done[t.index] if t.index in done else futures[t.index].result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -257,13 +312,21 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
     L = cfg.pack.seq_len
     ids_dt, seg_dt = ids_dtype(bundle.vocab_size), segment_dtype(L)
     workers = cfg.workers or available_cores()
-    total_bytes = sum(os.path.getsize(f) for f in files)
-    task_bytes = cfg.task_bytes or int(min(64 << 20, max(1 << 20, total_bytes // (workers * 4) + 1)))
-    tasks = plan_tasks(files, task_bytes)
     out = Path(cfg.out)
-    _claim_out_dir(out, cfg.overwrite)
+    fingerprint = _fingerprint(cfg, files, bundle)
+    resumed_task_bytes, notes = _claim_out_dir(out, cfg, fingerprint)
     work = out / WORK_DIR
-    work.mkdir()
+    if resumed_task_bytes is not None:
+        task_bytes = resumed_task_bytes  # the same cut into tasks, so finished tasks are reused
+    else:
+        total_bytes = sum(os.path.getsize(f) for f in files)
+        task_bytes = cfg.task_bytes or int(min(64 << 20, max(1 << 20, total_bytes // (workers * 4) + 1)))
+        work.mkdir()
+        import orjson
+
+        atomic_write_bytes(work / "state.json", orjson.dumps({"fingerprint": fingerprint,
+                                                              "task_bytes": task_bytes}))
+    tasks = plan_tasks(files, task_bytes)
     quarantine = Quarantine(out / "quarantine.jsonl", files, cfg.strict)
     progress = Progress(cfg.progress)
     spill = _TokenSpill(work, ids_dt)
@@ -288,7 +351,10 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
         line_offset = [0] * len(files)  # lines consumed so far per file, for byte-range tasks
 
         t_tasks = time.perf_counter()
-        results = _task_results(tasks, cfg, work, workers)
+        done = {t.index: r for t in tasks if (r := load_result(t, work, ids_dt.itemsize)) is not None}
+        if done:
+            notes.append(f"resumed an interrupted run: {len(done)} of {len(tasks)} tasks were already done")
+        results = _task_results(tasks, cfg, work, workers, done)
         while True:
             try:
                 res = next(results)
@@ -405,9 +471,11 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
         seconds["workers"] = workers
         progress.close()
         stats = PrepareStats(out=str(out), counts=count_out, packing=pack_out,
-                             seconds={k: round(v, 3) for k, v in seconds.items()}, manifest=manifest)
+                             seconds={k: round(v, 3) for k, v in seconds.items()}, manifest=manifest,
+                             notes=notes)
+        shutil.rmtree(work, ignore_errors=True)
         return stats
-    except BaseException:
+    except BaseException as e:
         progress.close()
         quarantine.abort()
         spill.close()
@@ -415,6 +483,9 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
             writer.abort()
         if report_f is not None:
             report_f.close()
+        if isinstance(e, ValueError):
+            # The input or configuration must change before a rerun: nothing worth resuming.
+            shutil.rmtree(work, ignore_errors=True)
+        # Otherwise (disk full, interrupt, crash) finished tasks stay in the work folder and the
+        # next run with the same configuration and inputs resumes from them.
         raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)

@@ -276,19 +276,21 @@ def read_jsonl(path: str, file_index: int, cfg: ReadConfig, start: int = 0,
                 repaired = None
                 try:
                     value = orjson.loads(line)
-                except orjson.JSONDecodeError:
+                except orjson.JSONDecodeError as first:
+                    error: Exception = first
                     text, fixed = _decode(line, cfg.invalid_utf8)
                     if text is None:
                         yield Raw(file_index, lineno, None,
                                   Bad("invalid_utf8", "line is not valid UTF-8", _excerpt(line)))
                         continue
-                    try:
-                        value = orjson.loads(text) if fixed else None
-                    except orjson.JSONDecodeError as e2:
-                        e = e2
-                        value = None
+                    value = None
+                    if fixed:  # invalid UTF-8 repaired with U+FFFD: parse the repaired text
+                        try:
+                            value = orjson.loads(text)
+                        except orjson.JSONDecodeError as second:
+                            error = second
                     if value is None:
-                        yield Raw(file_index, lineno, None, Bad("malformed_json", str(e), _excerpt(line)))
+                        yield Raw(file_index, lineno, None, Bad("malformed_json", str(error), _excerpt(line)))
                         continue
                     repaired = "utf8"
                 if not isinstance(value, dict):

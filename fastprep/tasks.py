@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from .read import Raw, file_kind, read_file, read_jsonl
 
@@ -88,7 +89,21 @@ _STATE: dict[str, Any] = {}
 
 
 def init_worker(threads: int) -> None:
-    """Process-pool initializer: size the Rust pool before tokenizers is first used here."""
+    """Process-pool initializer: size the Rust pool before tokenizers is first used here, and exit
+    when the parent dies (a pool worker blocked on its queue would otherwise outlive a parent
+    killed with SIGKILL, holding its task files and the terminal's pipes)."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="fastprep-parent-watch", daemon=True).start()
     if threads > 0:
         os.environ["RAYON_NUM_THREADS"] = str(threads)
         os.environ["NUMBA_NUM_THREADS"] = str(threads)  # MinHash signature kernels
@@ -134,8 +149,11 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
     minhash_cfg = cfg.dedupe.minhash
     if minhash_cfg is not None:
         from .minhash import signatures as minhash_signatures
-    ids_path = Path(work) / f"task-{task.index:06d}.ids.bin"
-    mask_path = Path(work) / f"task-{task.index:06d}.loss_mask.bin"
+    ids_path, mask_path = _task_file(work, task, "ids.bin"), _task_file(work, task, "loss_mask.bin")
+    # Private temporary names: an orphaned worker of a killed run may still be finishing the same
+    # task; each writer renames complete files into place, and both write identical bytes.
+    tag = f".{os.getpid()}.tmp"
+    ids_tmp, mask_tmp = Path(f"{ids_path}{tag}"), Path(f"{mask_path}{tag}")
     bad: list[tuple[int, str, str, Any]] = []
     counts: Counter[str] = Counter()
     lengths: list[np.ndarray] = []
@@ -178,7 +196,7 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
             exact_texts.extend(sim)
         ids_f.write(enc.ids.astype(dtype, copy=False).tobytes())
         if enc.loss_mask is not None and mask_f is None:
-            mask_f = open(mask_path, "wb")
+            mask_f = open(mask_tmp, "wb")
             _write_ones(mask_f, tokens_written)
         if mask_f is not None:
             mask = enc.loss_mask if enc.loss_mask is not None else np.ones(len(enc.ids), np.uint8)
@@ -200,7 +218,7 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
 
     batch: list = []
     size = 0
-    with open(ids_path, "wb") as ids_f:
+    with open(ids_tmp, "wb") as ids_f:
         try:
             t_read = time.perf_counter()
             raw: Raw
@@ -233,13 +251,19 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
             if batch:
                 flush(batch)
             seconds["task"] = time.perf_counter() - t_read
+            for f in (ids_f, mask_f):
+                if f is not None:
+                    f.flush()
+                    os.fsync(f.fileno())
         finally:
             if mask_f is not None:
                 mask_f.close()
-    # Damaged-stream entries carry the line after the last good one; the count of lines consumed
-    # is what the next range of the same file continues from.
-    return TaskResult(
-        task=task, n_lines=n_lines, bad=bad, counts=counts,
+    os.replace(ids_tmp, ids_path)
+    if mask_f is not None:
+        os.replace(mask_tmp, mask_path)
+    res = TaskResult(
+        task=task, n_lines=n_lines, bad=[(ln, r, d, _text_excerpt(e)) for ln, r, d, e in bad],
+        counts=counts,
         lengths=np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
         lines=np.asarray(lines, dtype=np.int64), kinds=np.asarray(kinds, dtype=np.uint8),
         targets=np.concatenate(targets) if targets else np.zeros(0, np.int64),
@@ -248,6 +272,65 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
         sim_texts=exact_texts,
         ids_path=str(ids_path), mask_path=str(mask_path) if mask_f is not None else None,
         text_chars=text_chars, seconds=dict(seconds))
+    save_result(res, work)
+    return res
+
+
+# ---- persistence: a finished task survives a crash of the run ------------------------------
+
+def _task_file(work: str | Path, task: Task, suffix: str) -> Path:
+    return Path(work) / f"task-{task.index:06d}.{suffix}"
+
+
+_ARRAYS = ("lengths", "lines", "kinds", "targets", "digests", "signatures")
+
+
+def save_result(res: TaskResult, work: str | Path) -> None:
+    """Arrays to ``.npz`` (no pickle), the rest to ``.json``, each renamed into place; the JSON is
+    written last, so its presence means the task's files are complete."""
+    tag = f".{os.getpid()}.tmp"
+    npz = _task_file(work, res.task, "meta.npz")
+    with open(f"{npz}{tag}", "wb") as f:
+        np.savez(f, **{k: getattr(res, k) for k in _ARRAYS if getattr(res, k) is not None})
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f"{npz}{tag}", npz)
+    meta = {"n_lines": res.n_lines, "bad": res.bad, "counts": dict(res.counts),
+            "sim_texts": res.sim_texts, "has_mask": res.mask_path is not None,
+            "text_chars": res.text_chars, "seconds": res.seconds,
+            "task": [res.task.file, res.task.start, res.task.end]}
+    done = _task_file(work, res.task, "json")
+    with open(f"{done}{tag}", "wb") as f:
+        f.write(orjson.dumps(meta))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f"{done}{tag}", done)
+
+
+def load_result(task: Task, work: str | Path, itemsize: int) -> TaskResult | None:
+    """The saved result of ``task``, or None when absent or inconsistent (then it is rerun)."""
+    done = _task_file(work, task, "json")
+    try:
+        meta = orjson.loads(done.read_bytes())
+        if meta["task"] != [task.file, task.start, task.end]:
+            return None
+        with np.load(_task_file(work, task, "meta.npz"), allow_pickle=False) as z:
+            arrays = {k: z[k] if k in z.files else None for k in _ARRAYS}
+        ids_path = _task_file(work, task, "ids.bin")
+        mask_path = _task_file(work, task, "loss_mask.bin") if meta["has_mask"] else None
+        n_tokens = int(arrays["lengths"].sum())
+        if ids_path.stat().st_size != n_tokens * itemsize:
+            return None
+        if mask_path is not None and mask_path.stat().st_size != n_tokens:
+            return None
+    except (OSError, ValueError, KeyError, orjson.JSONDecodeError):
+        return None
+    return TaskResult(task=task, n_lines=meta["n_lines"], bad=[tuple(b) for b in meta["bad"]],
+                      counts=Counter(meta["counts"]), lengths=arrays["lengths"], lines=arrays["lines"],
+                      kinds=arrays["kinds"], targets=arrays["targets"], digests=arrays["digests"],
+                      signatures=arrays["signatures"], sim_texts=meta["sim_texts"],
+                      ids_path=str(ids_path), mask_path=str(mask_path) if mask_path else None,
+                      text_chars=meta["text_chars"], seconds=meta["seconds"])
 
 
 def _write_ones(f: Any, n: int) -> None:
@@ -255,6 +338,10 @@ def _write_ones(f: Any, n: int) -> None:
         k = min(n, 1 << 24)
         f.write(np.ones(k, np.uint8).tobytes())
         n -= k
+
+
+def _text_excerpt(excerpt: Any) -> str:
+    return excerpt[:200].decode("utf-8", "replace") if isinstance(excerpt, bytes) else str(excerpt)[:200]
 
 
 def _excerpt(value: Any) -> str:

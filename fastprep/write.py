@@ -111,11 +111,16 @@ class ShardWriter:
         return full
 
     def abort(self) -> None:
-        """Remove temporary files of the shard being written (used when a run fails)."""
-        for a, f in list(self._files.items()):
+        """Remove every file this writer created (used when a run fails): no partial dataset stays
+        visible."""
+        for f in self._files.values():
             f.close()
+        names = [f.name for f in self._files.values()]
+        names += [str(self.out / info["file"]) for shard in self.shards for info in shard["files"].values()]
+        for name in names:
             try:
-                os.unlink(f.name)
+                os.unlink(name)
             except OSError:
                 pass
         self._files.clear()
+        self.shards.clear()

@@ -241,9 +241,10 @@ def test_output_folder_rules(tmp_path: Path, tokenizer_dir: Path) -> None:
     assert (out / "notes.txt").read_text() == "mine"
 
 
-def test_disk_error_leaves_no_finished_dataset(tmp_path: Path, tokenizer_dir: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_error_leaves_no_visible_dataset_and_resumes(tmp_path: Path, tokenizer_dir: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     p = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in make_texts(200)])
+    prepare(config([p], tmp_path / "ref", tokenizer_dir, shard_rows=3, task_bytes=2000))
     import fastprep.write as w
 
     real = w.ShardWriter.add
@@ -257,12 +258,31 @@ def test_disk_error_leaves_no_finished_dataset(tmp_path: Path, tokenizer_dir: Pa
 
     monkeypatch.setattr(w.ShardWriter, "add", failing_add)
     with pytest.raises(OSError, match="No space"):
-        prepare(config([p], tmp_path / "out", tokenizer_dir, shard_rows=3, batch_bytes=100))
+        prepare(config([p], tmp_path / "out", tokenizer_dir, shard_rows=3, batch_bytes=100, task_bytes=2000))
     left = sorted(os.listdir(tmp_path / "out"))
-    assert "manifest.json" not in left and ".fastprep-work" not in left
-    assert not any(n.endswith(".tmp") for n in left)
+    assert left == [".fastprep-work"]  # no shard, manifest or temporary file is visible
     with pytest.raises(DatasetError, match="not a finished"):
         open_dataset(tmp_path / "out")
+    monkeypatch.setattr(w.ShardWriter, "add", real)
+    stats = prepare(config([p], tmp_path / "out", tokenizer_dir, shard_rows=3, resume=True, task_bytes=2000))
+    assert any("resumed" in n for n in stats.notes)
+    assert file_hashes(tmp_path / "out") == file_hashes(tmp_path / "ref")
+
+
+def test_resume_refuses_changed_inputs_and_restarts_without_flag(tmp_path: Path, tokenizer_dir: Path) -> None:
+    p = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in make_texts(50)])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".fastprep-work").mkdir()
+    (out / ".fastprep-work" / "state.json").write_text('{"fingerprint": "other", "task_bytes": 1000}')
+    (out / "shard-00000.input_ids.bin").write_bytes(b"partial")
+    with pytest.raises(OutputError, match="differ"):
+        prepare(config([p], out, tokenizer_dir, resume=True))
+    stats = prepare(config([p], out, tokenizer_dir))
+    assert any("discarded" in n for n in stats.notes)
+    verify(out)
+    with pytest.raises(OutputError, match="no interrupted run"):
+        prepare(config([p], tmp_path / "fresh", tokenizer_dir, resume=True))
 
 
 def test_verify_catches_corruption_and_unsafe_manifest(tmp_path: Path, tokenizer_dir: Path) -> None:
