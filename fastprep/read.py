@@ -137,12 +137,12 @@ class _ZstdRaw(io.RawIOBase):
 
     ``zstandard``'s ``stream_reader`` silently returns a short stream for a truncated file; a
     decompression object exposes ``eof``, so the end of input inside a frame is detected and raised
-    as EOFError like gzip does. Input is fed 8 KiB at a time: zstd's maximal ratio (an RLE block
-    of 128 KiB costs 4 bytes) bounds one call's output to 256 MiB even for a hostile file, ~32 KiB
-    for real text.
+    as EOFError like gzip does. Input is fed 1 KiB at a time: zstd's maximal ratio (an RLE block
+    of 128 KiB costs 4 bytes) bounds one call's output to 32 MiB even for a hostile file, ~4 KiB
+    for real text (the per-call overhead, ~1 µs per KiB, is invisible next to tokenization).
     """
 
-    _SLICE = 8192
+    _SLICE = 1024
 
     def __init__(self, raw: BinaryIO) -> None:
         import zstandard
