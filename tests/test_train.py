@@ -209,3 +209,43 @@ def test_ddp_two_ranks_equal_one_process(tmp_path: Path) -> None:
         losses = dict(result)
     assert losses[0] == losses[1]
     np.testing.assert_allclose(losses[0], single["losses"], rtol=2e-5)
+
+
+def test_sigkill_during_training_then_resume_gives_the_same_losses(tmp_path: Path) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = make_dataset(tmp_path / "ds", docs=600)
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "fastprep", "train", "--data", str(data), "--out", str(out),
+                "--batch-size", "2", "--grad-accum", "2", "--lr", "3e-3", "--warmup-steps", "2",
+                "--max-steps", "10", "--log-every", "1", "--save-every", "2", "--keep-last", "10",
+                "--num-workers", "1", "--no-export", "--resume", "auto"]
+
+    def losses(out: Path) -> dict[int, float]:
+        rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows if "loss" in r and "step" in r}
+
+    subprocess.run(command(tmp_path / "ref"), check=True, capture_output=True, timeout=600)
+    reference = losses(tmp_path / "ref")
+    assert sorted(reference) == list(range(1, 11))
+
+    proc = subprocess.Popen(command(tmp_path / "run"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (tmp_path / "run" / "checkpoint-000004.pt").exists() and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    done_before = max(losses(tmp_path / "run"))
+    assert done_before < 10
+    subprocess.run(command(tmp_path / "run"), check=True, capture_output=True, timeout=600)
+    after = losses(tmp_path / "run")  # the log is appended to: later entries win per step
+    assert max(after) == 10
+    for step in range(1, 11):
+        assert after[step] == reference[step], step  # bit-exact on CPU
