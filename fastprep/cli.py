@@ -75,6 +75,10 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--workers", type=int, default=0,
                    help="worker processes (default 0: one per core); output is identical for any N")
     g.add_argument("--task-bytes", type=int, default=0, help="input bytes per task (0: automatic)")
+    g.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local worker processes, or Ray tasks (pip install 'fastprep[ray]')")
+    g.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: a local Ray")
+    g.add_argument("--ray-cpus-per-task", type=int, default=1)
     g.add_argument("--strict", action="store_true", help="stop at the first bad record")
     g.add_argument("--overwrite", action="store_true",
                    help="replace an existing dataset (or discard an interrupted run) in --out")
@@ -125,7 +129,8 @@ def config_from_args(a: argparse.Namespace) -> Any:
         pack=PackConfig(seq_len=a.seq_len, mode=a.pack, long_policy=a.long_docs,
                         window_docs=a.pack_window, shuffle=not a.no_shuffle, seed=a.seed),
         shard_rows=a.shard_rows, batch_bytes=a.batch_bytes, workers=a.workers,
-        task_bytes=a.task_bytes, strict=a.strict, resume=a.resume,
+        task_bytes=a.task_bytes, strict=a.strict, resume=a.resume, executor=a.executor,
+        ray_address=a.address, ray_cpus_per_task=a.ray_cpus_per_task,
         overwrite=a.overwrite, progress=a.progress,
     )
 

@@ -22,16 +22,13 @@ parallelism settings.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import numpy as np
 
@@ -44,7 +41,8 @@ from .progress import Progress
 from .quarantine import Quarantine
 from .read import ReadConfig, expand_paths, file_kind, file_sizes
 from .records import KIND_NAMES, RecordConfig
-from .tasks import Task, TaskResult, TaskStrictError, _write_ones, init_worker, load_result, plan_tasks, run_task
+from .executor import available_cores, task_results
+from .tasks import TaskResult, TaskStrictError, _write_ones, load_result, plan_tasks
 from .tokenize import TokenizeConfig, TokenizerBundle
 from .write import ShardWriter, atomic_write_bytes
 
@@ -68,6 +66,9 @@ class PrepareConfig:
     batch_bytes: text per tokenization batch (larger batches amortise per-call overhead and keep
         every Rust thread busy).
     workers: worker processes (0: one per available core); the output is identical for any value.
+    executor: ``local`` processes, or ``ray`` tasks (``ray_address``: ``auto`` for a running
+        cluster, None to start a local Ray; ``ray_cpus_per_task`` CPUs and tokenizer threads per
+        task). Output is identical either way; see :mod:`fastprep.executor`.
     task_bytes: input bytes per task (0: automatic, 1-64 MiB so each worker gets several tasks).
     strict: stop at the first bad record with an error naming file, line and fix.
     overwrite: replace an existing dataset (or discard an interrupted run) in ``out``.
@@ -92,6 +93,9 @@ class PrepareConfig:
     overwrite: bool = False
     progress: bool | None = None
     resume: bool = False
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    ray_cpus_per_task: int = 1
 
     def __post_init__(self) -> None:
         if not self.out:
@@ -102,6 +106,10 @@ class PrepareConfig:
             raise ValueError("--batch-bytes must be positive")
         if self.workers < 0:
             raise ValueError("--workers must be >= 0 (0 = one per core)")
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"--executor must be local or ray, not {self.executor!r}")
+        if self.ray_cpus_per_task < 1:
+            raise ValueError("--ray-cpus-per-task must be >= 1")
         if self.task_bytes < 0:
             raise ValueError("--task-bytes must be >= 0 (0 = automatic)")
 
@@ -109,7 +117,8 @@ class PrepareConfig:
         """The configuration that determines the output bytes: no output path, display flags or
         parallelism settings, which never change a byte."""
         d = dataclasses.asdict(self)
-        for k in ("out", "overwrite", "progress", "workers", "task_bytes", "batch_bytes", "resume"):
+        for k in ("out", "overwrite", "progress", "workers", "task_bytes", "batch_bytes", "resume",
+                  "executor", "ray_address", "ray_cpus_per_task"):
             d.pop(k)
         return d
 
@@ -267,36 +276,6 @@ def _report(f: IO[bytes], files: list[str], doc_ids: np.ndarray, mh: Any) -> Non
                               "similarity": round(float(mh.similarity[i]), 4)}) + b"\n")
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _task_results(tasks: list[Task], cfg: PrepareConfig, work: Path, workers: int,
-                  done: dict[int, TaskResult]) -> Iterator[TaskResult]:
-    """Results strictly in task order (``done`` holds those saved by an interrupted run). Tasks are
-    submitted largest first so no worker is left with a big file at the end; the parent only
-    waits for the next one in order."""
-    todo = [t for t in tasks if t.index not in done]
-    if workers == 1 or len(todo) <= 1:
-        for t in tasks:
-            yield done[t.index] if t.index in done else run_task(t, cfg, str(work))
-        return
-    ctx = multiprocessing.get_context("spawn")  # never tokenize in a forked copy of a parent
-    threads = max(1, available_cores() // workers)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
-                               initargs=(threads,))
-    try:
-        futures = {t.index: pool.submit(run_task, t, cfg, str(work))
-                   for t in sorted(todo, key=lambda t: (-t.size, t.index))}
-        for t in tasks:
-            yield done[t.index] if t.index in done else futures[t.index].result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def prepare(cfg: PrepareConfig) -> PrepareStats:
     """Run the whole preparation; return the statistics the CLI prints.
 
@@ -354,7 +333,7 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
         done = {t.index: r for t in tasks if (r := load_result(t, work, ids_dt.itemsize)) is not None}
         if done:
             notes.append(f"resumed an interrupted run: {len(done)} of {len(tasks)} tasks were already done")
-        results = _task_results(tasks, cfg, work, workers, done)
+        results = task_results(tasks, cfg, work, workers, done)
         while True:
             try:
                 res = next(results)

@@ -1,0 +1,99 @@
+"""Executors: run :func:`fastprep.tasks.run_task` over all tasks and yield results in task order.
+
+- ``local`` (default): ``--workers N`` spawned processes (never a fork of a parent that may
+  hold tokenizer threads), each with a tokenizer/numba pool of ``cores / N`` threads, fed
+  largest task first; with one worker, tasks run inline.
+- ``ray``: the same task function as Ray tasks (``--executor ray --address auto``), each
+  reserving ``--ray-cpus-per-task`` CPUs and sizing its thread pools to match. Inputs and the
+  output folder (whose ``.fastprep-work`` holds the task spills) must be on storage every node
+  sees; the driver merges in task order exactly like the local executor, so the bytes are the
+  same.
+
+Either way the parent consumes results strictly in task order, so deduplication, line numbers
+and output do not depend on the executor or its size.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .tasks import Task, TaskResult, init_worker, run_task
+
+if TYPE_CHECKING:
+    from .prepare import PrepareConfig
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _largest_first(tasks: list[Task]) -> list[Task]:
+    return sorted(tasks, key=lambda t: (-t.size, t.index))
+
+
+def local_results(tasks: list[Task], cfg: PrepareConfig, work: Path, workers: int,
+                  done: dict[int, TaskResult]) -> Iterator[TaskResult]:
+    todo = [t for t in tasks if t.index not in done]
+    if workers == 1 or len(todo) <= 1:
+        for t in tasks:
+            yield done[t.index] if t.index in done else run_task(t, cfg, str(work))
+        return
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, available_cores() // workers)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
+                               initargs=(threads,))
+    try:
+        futures = {t.index: pool.submit(run_task, t, cfg, str(work)) for t in _largest_first(todo)}
+        for t in tasks:
+            yield done[t.index] if t.index in done else futures[t.index].result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ray_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
+    return run_task(task, cfg, work)
+
+
+def ray_results(tasks: list[Task], cfg: PrepareConfig, work: Path,
+                done: dict[int, TaskResult]) -> Iterator[TaskResult]:
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--executor ray needs Ray: pip install 'fastprep[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray_address, log_to_driver=False)
+    threads = str(cfg.ray_cpus_per_task)
+    remote: Any = ray.remote(num_cpus=cfg.ray_cpus_per_task, max_retries=2, runtime_env={
+        "env_vars": {"RAYON_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads,
+                     "TOKENIZERS_PARALLELISM": "true"}})(_ray_task)
+    refs = {t.index: remote.remote(t, cfg, str(work)) for t in _largest_first(
+        [t for t in tasks if t.index not in done])}
+    try:
+        for t in tasks:
+            if t.index in done:
+                yield done[t.index]
+                continue
+            try:
+                yield ray.get(refs.pop(t.index))
+            except ray.exceptions.RayTaskError as e:
+                cause = getattr(e, "cause", None)
+                raise (cause if isinstance(cause, Exception) else e) from None
+    finally:
+        for ref in refs.values():
+            ray.cancel(ref)
+
+
+def task_results(tasks: list[Task], cfg: PrepareConfig, work: Path, workers: int,
+                 done: dict[int, TaskResult]) -> Iterator[TaskResult]:
+    """Results strictly in task order (``done``: results an interrupted run saved)."""
+    if cfg.executor == "ray":
+        return ray_results(tasks, cfg, work, done)
+    return local_results(tasks, cfg, work, workers, done)
