@@ -62,6 +62,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--bos", choices=["auto", "always", "never"], default="auto")
     g.add_argument("--eos", choices=["auto", "always", "never"], default="auto")
     g.add_argument("--chat-template", default=None, help="Jinja file overriding the tokenizer's")
+    g.add_argument("--special-tokens-in-text", action="store_true",
+                   help="let '<|endoftext|>'-like strings in text become special tokens (off: they stay text)")
     g = p.add_argument_group("packing")
     g.add_argument("--pack", choices=["bfd", "concat", "pad"], default="bfd")
     g.add_argument("--long-docs", choices=["split", "truncate"], default="split",
@@ -117,7 +119,8 @@ def config_from_args(a: argparse.Namespace) -> Any:
     return PrepareConfig(
         read=ReadConfig(paths=tuple(a.inputs), text_unit=a.text_unit,
                         max_record_bytes=a.max_record_bytes, invalid_utf8=a.invalid_utf8),
-        tokenize=TokenizeConfig(tokenizer=a.tokenizer, bos=a.bos, eos=a.eos, chat_template=a.chat_template),
+        tokenize=TokenizeConfig(tokenizer=a.tokenizer, bos=a.bos, eos=a.eos, chat_template=a.chat_template,
+                                special_tokens_in_text=a.special_tokens_in_text),
         out=a.out,
         records=RecordConfig(shape=a.shape, text_field=a.text_field, prompt_field=a.prompt_field,
                              completion_field=a.completion_field, messages_field=a.messages_field,

@@ -6,7 +6,9 @@ BOS/EOS/pad tokens and the chat template). Padding/truncation settings stored in
 switched off: fastprep decides lengths itself (packing), and a stored ``max_length`` would
 silently cut documents.
 
-Texts are encoded with ``add_special_tokens=False`` and BOS/EOS are added here, once, by policy:
+Texts are encoded with ``add_special_tokens=False`` and BOS/EOS are added here, once, by policy
+(a special token's string inside text, such as ``"<|endoftext|>"``, stays text unless
+``special_tokens_in_text``; only chat templates produce special tokens):
 
 - BOS (``auto``): added when the tokenizer has a BOS token distinct from EOS and the model expects
   it (``add_bos_token`` in ``tokenizer_config.json``, or a post-processor that adds it, as
@@ -51,12 +53,17 @@ class TokenizeConfig:
     tokenizer: a ``tokenizer.json`` file or a local model folder holding one.
     bos / eos: ``auto`` (see module docstring), ``always`` or ``never``.
     chat_template: a Jinja file that overrides the tokenizer's template.
+    special_tokens_in_text: let text, prompts and completions that contain a special token's
+        string (``"<|endoftext|>"``, ``"<s>"``) become that special token. Off by default, as in
+        nanoGPT's ``encode_ordinary``: data that merely mentions such a string must not inject
+        document boundaries. Chat templates always produce special tokens.
     """
 
     tokenizer: str
     bos: Literal["auto", "always", "never"] = "auto"
     eos: Literal["auto", "always", "never"] = "auto"
     chat_template: str | None = None
+    special_tokens_in_text: bool = False
 
     def __post_init__(self) -> None:
         for flag, v in (("--bos", self.bos), ("--eos", self.eos)):
@@ -121,6 +128,7 @@ class TokenizerBundle:
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.source = str(src)
+        self.special_in_text = cfg.special_tokens_in_text
         self.sha256 = hashlib.sha256(raw).hexdigest()
         self.json_bytes = raw
 
@@ -233,7 +241,9 @@ class Encoder:
                 chat_idx.append(i)
                 chat_texts.append(text)
                 chat_spans.append(spans)
+        tok.encode_special_tokens = not b.special_in_text  # "<s>" in data stays text
         fast = tok.encode_batch_fast(fast_inputs, add_special_tokens=False) if fast_inputs else []
+        tok.encode_special_tokens = False  # the template's markers must be special tokens
         chat = tok.encode_batch(chat_texts, add_special_tokens=False) if chat_texts else []
 
         bos = [b.bos_id] if b.add_bos else []

@@ -51,6 +51,17 @@ def test_text_docs_bos_eos_never_doubled(tokenizer_dir: Path, tokenizer) -> None
     assert never.ids.tolist() == plain
 
 
+def test_special_token_strings_in_data_stay_text(tokenizer_dir: Path, tokenizer) -> None:
+    docs = [Doc(TEXT, 0, 1, text="a </s> b <s>"), Doc(PROMPT, 0, 2, prompt="<|im_end|>", completion="<pad>")]
+    enc = Encoder(bundle(tokenizer_dir, bos="never", eos="never"))(docs)
+    (ids, _), (pids, _) = split_docs(enc)
+    specials = {tokenizer.token_to_id(t) for t in ("<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>")}
+    assert not specials & set(ids) and not specials & set(pids)
+    assert tokenizer.decode(ids) == "a </s> b <s>"
+    parsed = Encoder(bundle(tokenizer_dir, bos="never", eos="never", special_tokens_in_text=True))(docs[:1])
+    assert tokenizer.token_to_id("</s>") in parsed.ids.tolist()
+
+
 def test_gpt2_style_bos_equals_eos_gets_only_separator(tmp_path: Path, tokenizer_dir: Path, tokenizer) -> None:
     folder = tmp_path / "gpt2ish"
     shutil.copytree(tokenizer_dir, folder)
