@@ -14,6 +14,7 @@ path that skips normalisation for text ``unicodedata.is_normalized`` accepts.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Literal
@@ -25,6 +26,9 @@ from .records import CHAT, PROMPT, TEXT, Doc, RecordError
 # the non-characters U+FFFE / U+FFFF.
 _CONTROL = {c: None for c in (*range(0, 9), 11, 12, *range(14, 32), 127, *range(128, 160),
                               0xFEFF, 0xFFFE, 0xFFFF)}
+# str.translate with a dict walks non-ASCII text character by character in Python-object
+# terms; a compiled class finds the (rare) hit first, so clean text skips it.
+_CONTROL_RE = re.compile("[" + "".join(re.escape(chr(c)) for c in _CONTROL) + "]")
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class Cleaner:
         cfg = self.cfg
         if cfg.fix_newlines and "\r" in s:
             s = s.replace("\r\n", "\n").replace("\r", "\n")
-        if cfg.strip_control:
+        if cfg.strip_control and _CONTROL_RE.search(s):
             s = s.translate(_CONTROL)
         if self._form is not None and not unicodedata.is_normalized(self._form, s):
             s = unicodedata.normalize(self._form, s)

@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from ._exact_kernels import insert_keys
-
 
 class ExactDeduper:
     """Callable: ``keys (str) -> bool array``, True where the document is seen for the first time."""
@@ -44,6 +42,8 @@ class ExactDeduper:
         old_keys = self._table[self._used.astype(np.bool_)]
         self._table = np.zeros((cap, 2), dtype=np.uint64)
         self._used = np.zeros(cap, dtype=np.uint8)
+        from ._exact_kernels import insert_keys
+
         scratch = np.zeros(len(old_keys), dtype=np.bool_)
         self.count = insert_keys(self._table, self._used, 0, old_keys, scratch)
 
@@ -54,6 +54,8 @@ class ExactDeduper:
         """Insert digests ``[n, 2]`` (from :meth:`digests`) in order; True where first seen."""
         d = np.ascontiguousarray(d, dtype=np.uint64).reshape(-1, 2)
         self._grow(self.count + len(d))
+        from ._exact_kernels import insert_keys  # numba only where the table lives (the parent)
+
         is_new = np.zeros(len(d), dtype=np.bool_)
         self.count = insert_keys(self._table, self._used, self.count, d, is_new)
         return is_new

@@ -40,7 +40,14 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from . import _pack_kernels as K
+
+
+def _kernels():  # type: ignore[no-untyped-def]
+    """The numba kernels, imported on first use: a worker process that only unpickles a
+    PackConfig must not pay numba's import (~0.5 s, ~60 MiB)."""
+    from . import _pack_kernels
+
+    return _pack_kernels
 
 PackMode = Literal["bfd", "concat", "pad"]
 LongPolicy = Literal["split", "truncate"]
@@ -137,6 +144,7 @@ def _rows_for_pieces(lengths: np.ndarray, cfg: PackConfig
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int, int]:
     """Pieces in (doc, start) order with their pre-shuffle row: (doc, start, len, row, n_rows,
     docs_split, docs_truncated)."""
+    K = _kernels()
     L = cfg.seq_len
     if cfg.mode == "concat":
         doc, start, size, row, n_split = K.concat_pieces(lengths, L)
@@ -165,6 +173,7 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 def plan(lengths: npt.ArrayLike, cfg: PackConfig) -> PackPlan:
     """Plan the packing of documents with the given token counts (``>= 0``; empty documents produce
     no piece). Deterministic: same lengths and config, same plan."""
+    K = _kernels()
     lengths = _as_lengths(lengths)
     doc, start, size, row, n_rows, n_split, n_trunc = _rows_for_pieces(lengths, cfg)
     doc, start, size, row, offset, segment = K.layout_rows(doc, start, size, row, n_rows,
@@ -211,6 +220,7 @@ def fill_rows(plan: PackPlan, tokens: np.ndarray, doc_offsets: np.ndarray, row_l
     ``seg_dtype`` (0 = padding), and ``loss_mask`` ``[n, L]`` uint8 (0 at padding) only when a
     loss mask was given. Cost: one numba pass over the block, O(n x L).
     """
+    K = _kernels()
     tokens = np.asarray(tokens)  # a memmap becomes a plain view of the same pages, no copy
     # int64 offsets: numba would mix uint64 + int64 into float64; a no-op for the usual int64
     doc_offsets = np.asarray(doc_offsets, dtype=np.int64)

@@ -387,7 +387,10 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
             dtypes["loss_mask"] = np.dtype(np.uint8)
         shard_rows = cfg.shard_rows or max(1, (256 << 20) // (L * ids_dt.itemsize))
         writer = ShardWriter(out, L, dtypes, shard_rows)
-        block = max(1, min(shard_rows, (64 << 20) // (L * 4)))
+        # ~4M tokens per block: rows are shuffled, so a block touches pieces from all over the
+        # spill; small blocks and a fresh map per block keep the pages mapped at once bounded
+        # (measured: 64M-token blocks let the parent's RSS follow the spill size).
+        block = max(1, min(shard_rows, (4 << 20) // L))
         for lo in range(0, packing.n_rows, block):
             hi = min(lo + block, packing.n_rows)
             # A fresh map per block: pages touched by earlier blocks are released, so resident

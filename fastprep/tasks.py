@@ -162,6 +162,7 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
     targets: list[np.ndarray] = []
     digests: list[np.ndarray] = []
     sigs: list[np.ndarray] = []
+    seen: set[bytes] = set()  # digests of this task's documents (16 bytes + ~60 of set overhead)
     exact_texts: list[str] | None = [] if minhash_cfg is not None and minhash_cfg.verify == "exact" else None
     n_lines = 0
     text_chars = 0
@@ -172,7 +173,23 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
     def flush(docs: list) -> None:
         nonlocal tokens_written, mask_f
         if cfg.dedupe.exact:
-            digests.append(ExactDeduper.digests([dedupe_key(d) for d in docs]))
+            d = ExactDeduper.digests([dedupe_key(doc) for doc in docs])
+            # Copies inside this task are dropped before tokenizing (tokenizing them would be
+            # wasted work); the parent still removes copies across tasks, so the kept set is
+            # the same first occurrences whatever the task boundaries.
+            first = np.ones(len(docs), dtype=np.bool_)
+            for i, key in enumerate(map(bytes, d)):
+                if key in seen:
+                    first[i] = False
+                else:
+                    seen.add(key)
+            if not first.all():
+                counts["exact_duplicates"] += int(len(docs) - first.sum())
+                docs = [doc for doc, k in zip(docs, first) if k]
+                d = d[first]
+            digests.append(d)
+            if not docs:
+                return
         if minhash_cfg is not None:
             t = time.perf_counter()
             sim = [similarity_text(d) for d in docs]

@@ -246,6 +246,8 @@ class Encoder:
         tok.encode_special_tokens = False  # the template's markers must be special tokens
         chat = tok.encode_batch(chat_texts, add_special_tokens=False) if chat_texts else []
 
+        if not chat_texts and not keep.size - keep.sum() and all(d.kind == TEXT for d in docs):
+            return self._text_only(fast, keep)
         bos = [b.bos_id] if b.add_bos else []
         parts: list[list[int]] = []     # every document's final ids, in order
         mask_parts: list[np.ndarray] | None = None
@@ -304,6 +306,39 @@ class Encoder:
         if mask_parts is not None:
             loss = np.concatenate(mask_parts) if mask_parts else np.zeros(0, np.uint8)
         return Encoded(ids=flat, lengths=lengths, loss_mask=loss, keep=keep, errors=errors)
+
+
+    def _text_only(self, fast: list[Any], keep: np.ndarray) -> Encoded:
+        """The hot path (a batch of plain text): ids straight into one array, BOS/EOS placed with
+        vectorised index arithmetic instead of per-document list concatenation."""
+        b = self.b
+        ids_lists = [e.ids for e in fast]
+        n = len(ids_lists)
+        lens = np.fromiter(map(len, ids_lists), dtype=np.int64, count=n)
+        flat = np.fromiter(itertools.chain.from_iterable(ids_lists), dtype=np.uint32, count=int(lens.sum()))
+        starts = np.zeros(n, dtype=np.int64)
+        np.cumsum(lens[:-1], out=starts[1:])
+        ne = np.flatnonzero(lens)
+        add_b = np.zeros(n, dtype=np.int64)
+        add_e = np.zeros(n, dtype=np.int64)
+        if b.add_bos:  # never doubled: a document already starting with BOS gets none
+            add_b[:] = 1
+            add_b[ne[flat[starts[ne]] == b.bos_id]] = 0
+        if b.add_eos:
+            add_e[:] = 1
+            add_e[ne[flat[starts[ne] + lens[ne] - 1] == b.eos_id]] = 0
+        if not add_b.any() and not add_e.any():
+            return Encoded(ids=flat, lengths=lens, loss_mask=None, keep=keep, errors=[])
+        out_lens = lens + add_b + add_e
+        out_starts = np.zeros(n, dtype=np.int64)
+        np.cumsum(out_lens[:-1], out=out_starts[1:])
+        out = np.empty(int(out_lens.sum()), dtype=np.uint32)
+        out[np.repeat(out_starts + add_b - starts, lens) + np.arange(len(flat))] = flat
+        if b.add_bos:
+            out[out_starts[add_b == 1]] = b.bos_id
+        if b.add_eos:
+            out[(out_starts + out_lens - 1)[add_e == 1]] = b.eos_id
+        return Encoded(ids=out, lengths=out_lens, loss_mask=None, keep=keep, errors=[])
 
 
 def set_tokenizer_threads(n: int) -> None:

@@ -178,3 +178,24 @@ def test_load_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(TokenizerError, match="not a valid tokenizer.json"):
         bundle(tmp_path / "bad.json")
+
+
+def test_text_fast_path_equals_per_document_assembly(tokenizer_dir: Path, tokenizer) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    b = bundle(tokenizer_dir)
+    enc_fn = Encoder(b)
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.text(max_size=30), min_size=1, max_size=12))
+    def check(texts: list[str]) -> None:
+        enc = enc_fn([Doc(TEXT, 0, i, text=t) for i, t in enumerate(texts)])
+        want = []
+        for t in texts:
+            ids = tokenizer.encode(t, add_special_tokens=False).ids
+            want.append([b.bos_id, *ids, b.eos_id])
+        assert [ids for ids, _ in split_docs(enc)] == want
+        assert enc.ids.dtype == np.uint32 and enc.loss_mask is None
+
+    check()
