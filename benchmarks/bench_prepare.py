@@ -1,0 +1,426 @@
+"""End-to-end preparation throughput: fastprep against the physical limit and the usual pipelines.
+
+    python benchmarks/bench_prepare.py --mb 50 --repeats 3 --out-json prepare.json
+    python benchmarks/bench_prepare.py --mb 20 --only limit,fastprep --repeats 1     # quick look
+
+Needs the ``bench`` environment (``datasets``, ``transformers``); the corpus and the 32k BPE
+tokenizer come from :mod:`corpus` (built on first use, cached in ``benchmarks/.cache``). Every
+case reads the same ``text.jsonl`` (``--mb`` MB of UTF-8 text in the ``text`` fields, the
+denominator of every MB/s) with the same tokenizer:
+
+- ``limit-1t`` / ``limit-mt``: ``Tokenizer.encode_batch_fast`` on the texts already in memory, in
+  ~1 MB batches, ids counted and dropped; ``RAYON_NUM_THREADS=1`` / the default Rust pool. The
+  physical limit of any pipeline on this machine is ``cores x limit-1t``.
+- ``hf-transformers`` (``num_proc`` None / cores): ``datasets.load_dataset("json")`` +
+  ``.map(batched=True)`` calling ``transformers.PreTrainedTokenizerFast(tokenizer_file=...)``
+  (what ``AutoTokenizer`` returns), EOS appended, then nanoGPT's ``prepare.py`` write: one flat
+  uint16 ``train.bin`` filled from 1024 contiguous shards ``with_format("numpy")``.
+  ``hf-tokenizers``: the same with ``tokenizers.Tokenizer.encode_batch_fast`` in the map function.
+  A fresh ``datasets`` cache folder per run (a first run, as a user's is).
+- ``fastprep-<dedupe>-w<N>``: ``python -m fastprep prepare text.jsonl --dedupe none|exact|minhash
+  --workers N --no-progress --json``, timed as the whole command (interpreter start, imports and
+  numba cache loading included).
+- ``rss-<mb>``: ``fastprep prepare`` (default dedupe, all workers) on corpora of ``--rss-mb`` sizes,
+  once each: peak memory must not grow with the corpus.
+
+Method: every measurement runs in a fresh subprocess (so thread variables apply and memory is its
+own). Peak RSS is ``ru_maxrss`` of that subprocess from ``wait4`` (the largest single process of
+its tree; what ``getrusage(RUSAGE_CHILDREN)`` reports) and, because several processes add up,
+the peak of the tree's summed PSS sampled every 0.1 s from ``/proc/*/smaps_rollup``. Before
+timing, one burn-in round runs every case on a 2 MB slice (numba cache, page cache, imports); the
+timed rounds then interleave the cases (case A, B, C, A, B, C, ...) so background load hits them
+alike, and the table shows medians of ``--repeats``. The Python-level pipelines (limit, hf-*)
+are timed inside their process from just before ``load_dataset`` (or the first batch) to the
+file written: imports and interpreter start are excluded there, which favours them; fastprep's
+figure includes its start-up. The load average is printed before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import corpus as corpus_mod
+
+HERE = Path(__file__).resolve().parent
+BATCH_BYTES = 1 << 20
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------- children
+def _texts(path: str) -> list[str]:
+    import orjson
+
+    with open(path, "rb") as f:
+        return [orjson.loads(line)["text"] for line in f if line.strip()]
+
+
+def child_limit(a: argparse.Namespace) -> dict[str, Any]:
+    from tokenizers import Tokenizer
+
+    texts = _texts(a.input)
+    tok = Tokenizer.from_file(str(Path(a.tokenizer) / "tokenizer.json"))
+    batches: list[list[str]] = [[]]
+    size = 0
+    for t in texts:  # ~1 MB batches, as fastprep's --batch-bytes
+        batches[-1].append(t)
+        size += len(t)
+        if size >= BATCH_BYTES:
+            batches.append([])
+            size = 0
+    tok.encode_batch_fast(texts[:64], add_special_tokens=False)  # spin the pool up
+    t0 = time.perf_counter()
+    tokens = 0
+    for b in batches:
+        tokens += sum(len(e.ids) for e in tok.encode_batch_fast(b, add_special_tokens=False))
+    return {"seconds": time.perf_counter() - t0, "tokens": tokens, "docs": len(texts)}
+
+
+def child_hf(a: argparse.Namespace) -> dict[str, Any]:
+    import datasets
+    import numpy as np
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    num_proc = a.num_proc or None
+    tok_file = str(Path(a.tokenizer) / "tokenizer.json")
+    if a.case.startswith("hf-transformers"):
+        from transformers import PreTrainedTokenizerFast
+
+        tok = PreTrainedTokenizerFast(tokenizer_file=tok_file, bos_token="<s>", eos_token="</s>",
+                                      pad_token="<pad>")
+        eos = tok.eos_token_id
+
+        def process(batch: dict[str, list]) -> dict[str, list]:
+            enc = tok(batch["text"])  # input_ids + attention_mask, as users write it
+            ids = [x + [eos] for x in enc["input_ids"]]
+            return {"ids": ids, "len": [len(x) for x in ids]}
+    else:
+        from tokenizers import Tokenizer
+
+        tk = Tokenizer.from_file(tok_file)
+        eos = tk.token_to_id("</s>")
+
+        def process(batch: dict[str, list]) -> dict[str, list]:
+            ids = [e.ids + [eos] for e in tk.encode_batch_fast(batch["text"], add_special_tokens=False)]
+            return {"ids": ids, "len": [len(x) for x in ids]}
+
+    t0 = time.perf_counter()
+    ds = datasets.load_dataset("json", data_files=a.input, split="train", cache_dir=a.workdir)
+    n_docs = len(ds)
+    ds = ds.map(process, batched=True, num_proc=num_proc, remove_columns=ds.column_names)
+    # nanoGPT data/openwebtext/prepare.py: one flat array; uint16 because vocab (32,000) < 2**16
+    arr_len = int(np.sum(ds["len"], dtype=np.uint64))
+    arr = np.memmap(os.path.join(a.workdir, "train.bin"), dtype=np.uint16, mode="w+", shape=(arr_len,))
+    total_batches = min(1024, len(ds))
+    idx = 0
+    for i in range(total_batches):
+        batch = ds.shard(num_shards=total_batches, index=i, contiguous=True).with_format("numpy")
+        arr_batch = np.concatenate(batch["ids"])
+        arr[idx: idx + len(arr_batch)] = arr_batch
+        idx += len(arr_batch)
+    arr.flush()
+    return {"seconds": time.perf_counter() - t0, "tokens": arr_len, "docs": n_docs}
+
+
+# ---------------------------------------------------------------------------- measuring
+class TreeSampler(threading.Thread):
+    """Peak of the summed PSS of a process and all its descendants, sampled every 0.1 s."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak_kb, self._stop_evt = pid, 0, threading.Event()
+
+    def _tree(self) -> list[int]:
+        parent: dict[int, int] = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    pass
+        out, todo = [], [self.pid]
+        kids: dict[int, list[int]] = {}
+        for p, pp in parent.items():
+            kids.setdefault(pp, []).append(p)
+        while todo:
+            p = todo.pop()
+            out.append(p)
+            todo.extend(kids.get(p, ()))
+        return out
+
+    def run(self) -> None:
+        while not self._stop_evt.wait(0.1):
+            total = 0
+            for p in self._tree():
+                try:
+                    with open(f"/proc/{p}/smaps_rollup") as f:
+                        for line in f:
+                            if line.startswith("Pss:"):
+                                total += int(line.split()[1])
+                                break
+                except OSError:
+                    pass
+            self.peak_kb = max(self.peak_kb, total)
+
+    def stop(self) -> int:
+        self._stop_evt.set()
+        self.join()
+        return self.peak_kb
+
+
+def run_cmd(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run one measurement; wall seconds, ru_maxrss (MiB), tree PSS peak (MiB), stdout."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        sampler = TreeSampler(p.pid)
+        sampler.start()
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        pss = sampler.stop()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{stderr[-3000:]}")
+    return {"wall": wall, "maxrss_mb": ru.ru_maxrss / 1024, "pss_peak_mb": pss / 1024, "stdout": stdout}
+
+
+def case_list(only: set[str] | None, n_cores: int) -> list[dict[str, Any]]:
+    cases: list[dict[str, Any]] = [
+        {"name": "limit-1t", "group": "limit", "env": {"RAYON_NUM_THREADS": "1"}},
+        {"name": "limit-mt", "group": "limit", "env": {}},
+    ]
+    for lib in ("transformers", "tokenizers"):
+        for np_ in (0, n_cores):
+            cases.append({"name": f"hf-{lib}-np{np_ or 'None'}", "group": "hf", "num_proc": np_,
+                          "env": {}})
+    for dd in ("none", "exact", "minhash"):
+        for w in (1, n_cores):
+            cases.append({"name": f"fastprep-{dd}-w{w}", "group": "fastprep", "dedupe": dd,
+                          "workers": w, "env": {}})
+    if only:
+        cases = [c for c in cases if c["group"] in only or c["name"] in only]
+    return cases
+
+
+def measure(case: dict[str, Any], input_path: str, tok: str, work: Path) -> dict[str, Any]:
+    env = {**os.environ, **case["env"]}
+    env.pop("TOKENIZERS_PARALLELISM", None)
+    wd = Path(tempfile.mkdtemp(dir=work))
+    try:
+        if case["group"] == "fastprep":
+            cmd = [sys.executable, "-m", "fastprep", "prepare", input_path, "--tokenizer", tok,
+                   "--out", str(wd / "out"), "--dedupe", case["dedupe"], "--workers",
+                   str(case["workers"]), "--no-progress", "--json"]
+            r = run_cmd(cmd, env)
+            stats = json.loads(r["stdout"][r["stdout"].index("{"):])
+            r.update(seconds=r["wall"], tokens=stats["counts"]["tokens"],
+                     docs=stats["counts"]["records_read"], inner=stats.get("seconds"),
+                     counts={k: stats["counts"][k] for k in ("records_kept", "exact_duplicates",
+                                                             "near_duplicates", "rows")})
+        else:
+            cmd = [sys.executable, __file__, "--child", case["name"], "--input", input_path,
+                   "--tokenizer", tok, "--workdir", str(wd), "--num-proc", str(case.get("num_proc", 0))]
+            r = run_cmd(cmd, env)
+            r.update(json.loads(r["stdout"].strip().splitlines()[-1]))
+        r.pop("stdout")
+        return r
+    finally:
+        subprocess.run(["rm", "-rf", str(wd)], check=False)
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for p in ("fastprep", "tokenizers", "numpy", "numba", "pyarrow", "orjson", "datasets", "transformers"):
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            out[p] = "-"
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _slice(src: Path, dst: Path, nbytes: int) -> None:
+    if dst.is_file():
+        return
+    with open(src, "rb") as f, open(dst.with_suffix(".tmp"), "wb") as g:
+        n = 0
+        for line in f:
+            g.write(line)
+            n += len(line)
+            if n >= nbytes:
+                break
+    os.replace(dst.with_suffix(".tmp"), dst)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="fastprep prepare vs the limit and the usual pipelines")
+    ap.add_argument("--mb", type=float, default=50, help="MB of text of the comparison corpus")
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds; the table shows medians")
+    ap.add_argument("--only", default="", help="comma-separated groups (limit,hf,fastprep,rss) or case names")
+    ap.add_argument("--rss-mb", default="50,200", help="corpus sizes of the memory check")
+    ap.add_argument("--out-json", default="", help="write every raw figure here")
+    ap.add_argument("--no-burn-in", action="store_true")
+    ap.add_argument("--child", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--input", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--tokenizer", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--num-proc", type=int, default=0, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.child:
+        a.case = a.child
+        res = child_limit(a) if a.child.startswith("limit") else child_hf(a)
+        print(json.dumps(res))
+        return
+
+    only = {s.strip() for s in a.only.split(",") if s.strip()} or None
+    n_cores = cores()
+    tok = str(corpus_mod.tokenizer_dir())
+    folder = corpus_mod.build(a.mb)
+    meta = corpus_mod.load_meta(folder)
+    text_path = folder / "text.jsonl"
+    text_mb = meta["text"]["text_bytes"] / 1e6
+    work = corpus_mod.CACHE / "runs"
+    work.mkdir(parents=True, exist_ok=True)
+    burn = folder / "burnin.jsonl"
+    _slice(text_path, burn, 2_000_000)
+    cases = case_list(only, n_cores)
+    ver = versions()
+    header = {"date": datetime.date.today().isoformat(), "cores": n_cores, "cpu": cpu_model(),
+              "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+              "versions": ver, "corpus": str(folder), "text_mb": text_mb, "docs": meta["text"]["docs"],
+              "tokenizer": tok, "repeats": a.repeats, "load_before": loadavg()}
+    print(f"# bench_prepare {header['date']}: {n_cores} cores ({header['cpu']}), {header['mem_gb']} GiB, "
+          f"load {header['load_before']}")
+    print("# " + ", ".join(f"{k} {v}" for k, v in ver.items()))
+    print(f"# corpus {folder.name}: {text_mb:.1f} MB of text, {meta['text']['docs']:,} docs; "
+          f"tokenizer {Path(tok).name}")
+    text_path.read_bytes()  # page cache
+
+    runs: dict[str, list[dict[str, Any]]] = {c["name"]: [] for c in cases}
+    t_all = time.perf_counter()
+    if cases and not a.no_burn_in:
+        for c in cases:
+            measure(c, str(burn), tok, work)
+        print(f"# burn-in done ({time.perf_counter() - t_all:.0f}s)", flush=True)
+    for r in range(a.repeats):
+        for c in cases:
+            m = measure(c, str(text_path), tok, work)
+            m["load"] = loadavg()
+            runs[c["name"]].append(m)
+            print(f"#   round {r + 1} {c['name']:<24} {text_mb / m['seconds']:6.2f} MB/s  "
+                  f"{m['seconds']:6.1f}s  rss {m['maxrss_mb']:6.0f} MiB  pss {m['pss_peak_mb']:6.0f} MiB  "
+                  f"load {m['load']}", flush=True)
+
+    rows: list[dict[str, Any]] = []
+    for c in cases:
+        ms = runs[c["name"]]
+        sec = statistics.median(m["seconds"] for m in ms)
+        rows.append({"name": c["name"], "seconds": sec, "mb_s": text_mb / sec,
+                     "docs_s": statistics.median(m["docs"] / m["seconds"] for m in ms),
+                     "tok_s": statistics.median(m["tokens"] / m["seconds"] for m in ms),
+                     "maxrss_mb": max(m["maxrss_mb"] for m in ms),
+                     "pss_mb": max(m["pss_peak_mb"] for m in ms)})
+    by = {r["name"]: r for r in rows}
+    limit = by["limit-1t"]["mb_s"] * n_cores if "limit-1t" in by else None
+    hf_tf = max((r["mb_s"] for r in rows if r["name"].startswith("hf-transformers")), default=None)
+    hf_tk = max((r["mb_s"] for r in rows if r["name"].startswith("hf-tokenizers")), default=None)
+    if rows:
+        print(f"\n## {text_mb:.1f} MB of text, {meta['text']['docs']:,} docs, medians of {a.repeats} "
+              f"(limit = {n_cores} cores x limit-1t"
+              + (f" = {limit:.2f} MB/s" if limit else ": not measured") + ")")
+        print(f"{'case':<26}{'MB/s':>7}{'docs/s':>9}{'tokens/s':>11}{'seconds':>9}{'RSS MiB':>9}"
+              f"{'PSS MiB':>9}{'x limit':>9}{'x hf-tf':>9}{'x hf-tk':>9}")
+        for r in rows:
+            def ratio(ref: float | None, r: dict[str, Any] = r) -> str:
+                return f"{r['mb_s'] / ref:>9.2f}" if ref else f"{'-':>9}"
+            print(f"{r['name']:<26}{r['mb_s']:>7.2f}{r['docs_s']:>9,.0f}{r['tok_s']:>11,.0f}"
+                  f"{r['seconds']:>9.1f}{r['maxrss_mb']:>9.0f}{r['pss_mb']:>9.0f}"
+                  f"{ratio(limit)}{ratio(hf_tf)}{ratio(hf_tk)}")
+        checks = []
+        fp_none = by.get(f"fastprep-none-w{n_cores}")
+        fp_mh = by.get(f"fastprep-minhash-w{n_cores}")
+        fp_def = by.get(f"fastprep-exact-w{n_cores}")
+        if limit and fp_none:
+            checks.append(("fastprep dedupe none >= 0.85 x limit", fp_none["mb_s"] / limit, 0.85))
+        if limit and fp_mh:
+            checks.append(("fastprep minhash >= 0.75 x limit", fp_mh["mb_s"] / limit, 0.75))
+        if hf_tf and fp_def:
+            checks.append(("fastprep (default) >= 3 x datasets+transformers", fp_def["mb_s"] / hf_tf, 3.0))
+        if hf_tk and fp_def:
+            checks.append(("fastprep (default) >= 1.5 x datasets+tokenizers", fp_def["mb_s"] / hf_tk, 1.5))
+        if fp_def and (hf_tf or hf_tk):
+            hf_pss = min(r["pss_mb"] for r in rows if r["name"].startswith("hf-"))
+            label = (f"fastprep (default) peak PSS < lowest hf peak PSS "
+                     f"({fp_def['pss_mb']:.0f} vs {hf_pss:.0f} MiB)")
+            checks.append((label, hf_pss / fp_def["pss_mb"], 1.0))
+        if checks:
+            print("\n## targets (achieved / target)")
+            for name, got, want in checks:
+                print(f"{'MET ' if got >= want else 'MISS'} {name}: {got:.2f} (target {want:g})")
+
+    rss_rows: list[dict[str, Any]] = []
+    if only is None or "rss" in only:
+        sizes = [float(s) for s in a.rss_mb.split(",") if s.strip()]
+        print(f"\n## peak memory of fastprep prepare (exact dedupe, --workers {n_cores}) by corpus size, "
+              f"one run each")
+        print(f"{'text MB':>8}{'docs':>10}{'seconds':>9}{'MB/s':>7}{'RSS MiB':>9}{'PSS MiB':>9}")
+        for mb in sizes:
+            f2 = corpus_mod.build(mb)
+            m2 = corpus_mod.load_meta(f2)
+            (f2 / "text.jsonl").read_bytes()
+            c = {"name": f"rss-{mb:g}", "group": "fastprep", "dedupe": "exact", "workers": n_cores, "env": {}}
+            m = measure(c, str(f2 / "text.jsonl"), tok, work)
+            mbt = m2["text"]["text_bytes"] / 1e6
+            m.update(text_mb=mbt, load=loadavg())
+            rss_rows.append(m)
+            print(f"{mbt:>8.1f}{m2['text']['docs']:>10,}{m['seconds']:>9.1f}{mbt / m['seconds']:>7.2f}"
+                  f"{m['maxrss_mb']:>9.0f}{m['pss_peak_mb']:>9.0f}", flush=True)
+    header["load_after"] = loadavg()
+    header["total_seconds"] = round(time.perf_counter() - t_all, 1)
+    print(f"\n# load average before {header['load_before']}, after {header['load_after']}; "
+          f"{header['total_seconds']:.0f}s in all")
+    if a.out_json:
+        Path(a.out_json).write_text(json.dumps({"header": header, "runs": runs, "table": rows,
+                                                "rss": rss_rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
