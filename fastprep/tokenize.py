@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -339,9 +338,3 @@ class Encoder:
         if b.add_eos:
             out[(out_starts + out_lens - 1)[add_e == 1]] = b.eos_id
         return Encoded(ids=out, lengths=out_lens, loss_mask=None, keep=keep, errors=[])
-
-
-def set_tokenizer_threads(n: int) -> None:
-    """Size the tokenizers Rust pool; must run before the first encode in the process."""
-    if n > 0:
-        os.environ["RAYON_NUM_THREADS"] = str(n)
