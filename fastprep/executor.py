@@ -44,7 +44,7 @@ def local_results(tasks: list[Task], cfg: PrepareConfig, work: Path, workers: in
     todo = [t for t in tasks if t.index not in done]
     if workers == 1 or len(todo) <= 1:
         for t in tasks:
-            yield done[t.index] if t.index in done else run_task(t, cfg, str(work))
+            yield done.pop(t.index) if t.index in done else run_task(t, cfg, str(work))
         return
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, available_cores() // workers)
@@ -53,7 +53,7 @@ def local_results(tasks: list[Task], cfg: PrepareConfig, work: Path, workers: in
     try:
         futures = {t.index: pool.submit(run_task, t, cfg, str(work)) for t in _largest_first(todo)}
         for t in tasks:
-            yield done[t.index] if t.index in done else futures[t.index].result()
+            yield done.pop(t.index) if t.index in done else futures.pop(t.index).result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -79,7 +79,7 @@ def ray_results(tasks: list[Task], cfg: PrepareConfig, work: Path,
     try:
         for t in tasks:
             if t.index in done:
-                yield done[t.index]
+                yield done.pop(t.index)
                 continue
             try:
                 yield ray.get(refs.pop(t.index))
