@@ -7,7 +7,7 @@ set -euo pipefail
 d=${1:-/tmp/fastprep-example}
 fastprep sample "$d/data" --mb 2 --vocab-size 2000
 fastprep prepare "$d/data/chat.jsonl" "$d/data/instruct.jsonl" --tokenizer "$d/data/tokenizer" \
-  --seq-len 512 --out "$d/ds" --overwrite --system-prompt "You are a concise Python expert."
+  --seq-len 256 --out "$d/ds" --overwrite --system-prompt "You are a concise Python expert."
 fastprep inspect "$d/ds" --chars 200 | head -40
 fastprep train --data "$d/ds" --model tiny --out "$d/run" --resume auto --batch-size 8 \
-  --max-steps 80 --warmup-steps 5 --lr 3e-3 --log-every 10
+  --max-steps 60 --warmup-steps 5 --lr 3e-3 --log-every 10
