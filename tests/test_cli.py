@@ -59,3 +59,26 @@ def test_prepare_never_imports_torch(tmp_path: Path, tokenizer_dir: Path) -> Non
             "assert rc == 0; assert 'torch' not in sys.modules, 'prepare imported torch'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def test_read_only_output_is_a_one_line_error(tmp_path: Path, tokenizer_dir: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Root ignores permission bits, so the read-only folder is simulated where the run first
+    writes: creating its work folder."""
+    p = write_jsonl(tmp_path / "d.jsonl", [{"text": "alpha beta"}])
+    out = tmp_path / "ro"
+    out.mkdir()
+    real_mkdir = Path.mkdir
+
+    def refuse(self: Path, *a, **kw) -> None:
+        if self.parent == out:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    rc = main(["prepare", str(p), "--tokenizer", str(tokenizer_dir), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.strip().splitlines() == [f"fastprep: error: {out / '.fastprep-work'}: Permission denied"]
+    assert list(out.iterdir()) == []  # nothing half-written
