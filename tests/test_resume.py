@@ -43,12 +43,16 @@ def test_sigkill_at_ten_points_then_resume_is_byte_identical(tmp_path: Path, tok
     out = tmp_path / "out"
     kills = 0
     resumed = 0
-    for i in range(10):
+    rounds = 0
+    while kills < 10:  # ten kills that land mid-run; a round that finishes first does not count
+        rounds += 1
+        assert rounds <= 30, f"only {kills} kills landed in 30 rounds"
+        i = rounds
         workers = 2 if i % 3 == 2 else 1  # the worker count must not matter either
         log = tmp_path / f"run{i}.err"
         with open(log, "wb") as err_f:
             proc = subprocess.Popen(cmd(out, workers), stdout=subprocess.DEVNULL, stderr=err_f, env=env)
-        time.sleep(rng.uniform(0.2, duration * 1.1))
+        time.sleep(rng.uniform(0.2, duration * 0.9))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -59,7 +63,6 @@ def test_sigkill_at_ten_points_then_resume_is_byte_identical(tmp_path: Path, tok
         if (out / "manifest.json").exists():  # finished before the kill: compare, start afresh
             assert hashes(out) == reference
             subprocess.run(["rm", "-rf", str(out)], check=True)
-    assert kills >= 5, "the kills must land while the run is in progress"
     final = subprocess.run(cmd(out, 1), capture_output=True, timeout=300)
     assert final.returncode == 0, final.stderr
     assert hashes(out) == reference
