@@ -1,7 +1,7 @@
 """Bad records: counted by reason and written to a quarantine JSONL, or, with ``--strict``, an error.
 
 Each quarantine line: ``{"source": file, "line": n, "reason": ..., "detail": ..., "excerpt": ...}``
-(the excerpt is the first 200 bytes of the raw record, decoded with replacement characters). The
+(the excerpt: the first 200 characters of the raw record, bytes decoded with replacement characters). The
 file is written under a temporary name and renamed when the run finishes.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -35,6 +36,19 @@ FIXES = {
 }
 
 
+def excerpt(value: Any, n: int = 200) -> str:
+    """The first ``n`` characters of a bad record for the quarantine: raw bytes decoded with
+    replacement characters, strings as they are, parsed values as compact JSON."""
+    if isinstance(value, bytes):
+        return value[:n].decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        return value[:n]
+    try:
+        return orjson.dumps(value, default=str)[:n].decode("utf-8", "replace")
+    except TypeError:
+        return repr(value)[:n]
+
+
 class StrictError(ValueError):
     """Raised under ``--strict`` at the first bad record, naming file, line and fix."""
 
@@ -48,7 +62,7 @@ class Quarantine:
         self._f = None
         self._tmp = path.with_name(f".{path.name}.tmp") if path is not None else None
 
-    def add(self, file: int, line: int, reason: str, detail: str, excerpt: bytes | str = b"") -> None:
+    def add(self, file: int, line: int, reason: str, detail: str, raw: Any = b"") -> None:
         source = self.files[file] if 0 <= file < len(self.files) else "?"
         if self.strict:
             raise self.strict_error(file, line, reason, detail)
@@ -57,10 +71,8 @@ class Quarantine:
             return
         if self._f is None:
             self._f = open(self._tmp, "wb")
-        if isinstance(excerpt, bytes):
-            excerpt = excerpt[:200].decode("utf-8", errors="replace")
         self._f.write(orjson.dumps({"source": source, "line": line, "reason": reason,
-                                    "detail": detail, "excerpt": excerpt[:200]}) + b"\n")
+                                    "detail": detail, "excerpt": excerpt(raw)}) + b"\n")
 
     def strict_error(self, file: int, line: int, reason: str, detail: str) -> StrictError:
         source = self.files[file] if 0 <= file < len(self.files) else "?"

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from .quarantine import excerpt
 from .read import Raw, file_kind, read_file, read_jsonl
 
 if TYPE_CHECKING:
@@ -256,7 +257,7 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
                     if cleaner(doc):
                         counts["repaired_cleaning"] += 1
                 except RecordError as e:
-                    _bad(raw.line, e.reason, e.detail, _excerpt(raw.value))
+                    _bad(raw.line, e.reason, e.detail, excerpt(raw.value))
                     continue
                 n = _doc_chars(doc)
                 text_chars += n
@@ -279,7 +280,7 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
     if mask_f is not None:
         os.replace(mask_tmp, mask_path)
     res = TaskResult(
-        task=task, n_lines=n_lines, bad=[(ln, r, d, _text_excerpt(e)) for ln, r, d, e in bad],
+        task=task, n_lines=n_lines, bad=[(ln, r, d, excerpt(e)) for ln, r, d, e in bad],
         counts=counts,
         lengths=np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
         lines=np.asarray(lines, dtype=np.int64), kinds=np.asarray(kinds, dtype=np.uint8),
@@ -355,21 +356,6 @@ def _write_ones(f: Any, n: int) -> None:
         k = min(n, 1 << 24)
         f.write(np.ones(k, np.uint8).tobytes())
         n -= k
-
-
-def _text_excerpt(excerpt: Any) -> str:
-    return excerpt[:200].decode("utf-8", "replace") if isinstance(excerpt, bytes) else str(excerpt)[:200]
-
-
-def _excerpt(value: Any) -> str:
-    if isinstance(value, str):
-        return value[:200]
-    try:
-        import orjson
-
-        return orjson.dumps(value, default=str)[:200].decode("utf-8", "replace")
-    except TypeError:
-        return repr(value)[:200]
 
 
 def _doc_chars(doc: Any) -> int:
