@@ -55,8 +55,10 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--char-ngrams", action="store_true", help="character instead of word n-grams")
     g.add_argument("--bands", type=int, default=None)
     g.add_argument("--rows", type=int, default=None, help="rows per band")
-    g.add_argument("--verify", choices=["signature", "exact"], default="signature",
-                   help="confirm MinHash candidates by signature-estimated (default) or exact Jaccard")
+    g.add_argument("--verify", choices=["signature", "exact"], default="exact",
+                   help="confirm MinHash candidates by the exact Jaccard of their shingle sets "
+                        "(default; the sets of kept documents go to a file in the work folder, "
+                        "~4 B per shingle) or by the signature estimate (no file, less precise)")
     g.add_argument("--dedupe-report", default=None, help="JSONL of removed near duplicates")
     g = p.add_argument_group("tokenization")
     g.add_argument("--bos", choices=["auto", "always", "never"], default="auto")

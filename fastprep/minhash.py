@@ -20,10 +20,13 @@ byte by byte):
    0.9 (98.4%), where datatrove's 14 x 8 finds 92.4% and NeMo Curator's 20 x 13 68% at 0.8.
 4. Documents are processed in input order against an index of *kept* documents: per band an
    open-addressing table (band key -> newest kept slot) with per-slot chains for kept documents
-   sharing a key. Every candidate is verified before it counts: the fraction of equal signature
-   values (the unbiased MinHash estimate of Jaccard, standard error sqrt(J(1-J)/K) = 0.035 at
-   J = 0.8, K = 128) must reach the threshold, or with ``verify="exact"`` the exact Jaccard of
-   the two shingle sets. There is no all-pairs expansion inside a bucket and no union-find.
+   sharing a key. Every candidate is verified before it counts: by default the exact Jaccard
+   of the two shingle sets (a merge of two sorted arrays) must reach the threshold; with
+   ``verify="signature"`` the fraction of equal signature values (the unbiased MinHash
+   estimate of Jaccard, standard error sqrt(J(1-J)/K) = 0.035 at J = 0.8, K = 128) must.
+   Candidates are rare, so exact verification costs the sorting of each document's shingles
+   (~50 ns per shingle, in the workers) and the storage of the kept sets, not comparison time.
+   There is no all-pairs expansion inside a bucket and no union-find.
 
 Keep policy, deterministic: a document is removed iff it verifies as similar to a document that
 was *kept* before it (earlier batches, or earlier in the same batch); otherwise it is kept and
@@ -38,8 +41,9 @@ Memory (``MinHashDeduper.nbytes``, allocated capacity, K = 128, 18 bands): per k
 12 B cells kept at most half full (cells are a power of two: 432-864 B per document); capacity
 is reserved for a whole batch and doubles, so 1.0-2.0 KB per kept document (1,912 B measured
 at 17.6k kept documents in 10k batches): 1M kept documents need 1-2 GB. ``verify="exact"`` also
-keeps every kept document's sorted unique shingle hashes: 8 B per distinct shingle, about 8 B
-per word (+490 B/doc on the 41-word benchmark documents, ~4 KB for a 500-word document).
+keeps every kept document's shingle set: 4 B per distinct shingle, about 4 B per word (~2 KB
+for a 500-word document). ``fastprep prepare`` keeps them in a memory-mapped file of its work
+folder (``sets_file``): disk and evictable page cache, not heap; the manifest records its size.
 
 Measured (``benchmarks/eval_minhash.py --docs 20000``: 20k stdlib paragraphs and generated near
 duplicates, 41 words/doc, on a shared, oversubscribed 2-core AVX2 machine, one thread): signatures
@@ -54,8 +58,10 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numba
@@ -70,11 +76,15 @@ __all__ = [
     "MinHashResult",
     "candidate_probability",
     "choose_bands",
+    "concat_sets",
     "jaccard_exact",
     "signatures",
+    "signatures_and_sets",
+    "take_sets",
 ]
 
 Texts = Sequence[str] | pa.Array | pa.ChunkedArray
+ShingleSets = tuple[np.ndarray, np.ndarray]  # (values uint32, offsets int64 [n + 1]), per document
 
 # recall floor of choose_bands: probability that a pair at exactly the threshold is a candidate
 MIN_RECALL = 0.98
@@ -126,7 +136,7 @@ class MinHashConfig:
     bands: int | None = None
     rows: int | None = None
     seed: int = 0
-    verify: Literal["signature", "exact"] = "signature"
+    verify: Literal["signature", "exact"] = "exact"
 
     def __post_init__(self) -> None:
         if not isinstance(self.threshold, numbers.Real) or not 0.0 < self.threshold <= 1.0:
@@ -209,14 +219,26 @@ def _utf8(texts: Texts) -> tuple[np.ndarray, np.ndarray]:
 
 def signatures(texts: Texts, cfg: MinHashConfig) -> np.ndarray:
     """uint32 [n, cfg.num_perm] MinHash signatures, computed on every core."""
+    return signatures_and_sets(texts, cfg)[0]
+
+
+def signatures_and_sets(texts: Texts, cfg: MinHashConfig
+                        ) -> tuple[np.ndarray, ShingleSets | None]:
+    """Signatures and, when ``cfg.verify == "exact"``, the shingle sets that verification
+    compares (see :func:`shingle_sets`), from one pass over the text. This is what worker
+    processes compute; :meth:`MinHashDeduper.add` takes both."""
     buf, offsets = _utf8(texts)
     a, b = _permutations(cfg.num_perm, cfg.seed)
+    want = cfg.verify == "exact"
     with numba.parallel_chunksize(_CHUNK):
-        return K.minhash_signatures(buf, offsets, cfg.ngram, cfg.char_ngrams, a, b)[0]
+        sigs, _, vals, off = K.minhash_signatures(buf, offsets, cfg.ngram, cfg.char_ngrams, a, b,
+                                                  0, 0, want)
+    return sigs, ((vals, off) if want else None)
 
 
-def shingle_sets(texts: Texts, cfg: MinHashConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted unique shingle hashes per document: (values uint64, offsets int64 [n + 1])."""
+def shingle_sets(texts: Texts, cfg: MinHashConfig) -> ShingleSets:
+    """Per document, its distinct shingles as sorted 32-bit ids (the high half of each 64-bit
+    shingle hash): (values uint32, offsets int64 [n + 1])."""
     buf, offsets = _utf8(texts)
     with numba.parallel_chunksize(_CHUNK):
         hashes, hoff = K.shingle_hashes(buf, offsets, cfg.ngram, cfg.char_ngrams)
@@ -244,9 +266,13 @@ class MinHashDeduper:
     """
 
     _INITIAL_SLOTS = 1024
+    _INITIAL_SET_VALUES = 1 << 16
 
-    def __init__(self, cfg: MinHashConfig) -> None:
+    def __init__(self, cfg: MinHashConfig, sets_file: str | os.PathLike[str] | None = None) -> None:
+        """``sets_file`` (``verify="exact"`` only): keep the kept documents' shingle sets in this
+        file, memory-mapped (page cache the OS can evict, not heap); None keeps them in RAM."""
         self.cfg = cfg
+        self._sets_file = Path(sets_file) if sets_file is not None and cfg.verify == "exact" else None
         self._bands, self._rows = cfg.band_rows()
         self._a, self._b = _permutations(cfg.num_perm, cfg.seed)
         # J_est = equal / K >= threshold, as an integer count (no float rounding at the boundary)
@@ -261,7 +287,7 @@ class MinHashDeduper:
         self._stamp_base = 0
         self._tab_keys = np.zeros((self._bands, 2 * cap), dtype=np.uint64)
         self._tab_heads = np.full((self._bands, 2 * cap), -1, dtype=np.int32)
-        self._kept_sets = np.empty(0 if not self._exact else 1 << 16, dtype=np.uint64)
+        self._kept_sets = self._set_store(self._INITIAL_SET_VALUES if self._exact else 0)
         self._kept_set_off = np.zeros(cap + 1 if self._exact else 1, dtype=np.int64)
 
     @property
@@ -271,10 +297,32 @@ class MinHashDeduper:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the index (allocated capacity of tables, signatures, links, sets)."""
-        return int(sum(x.nbytes for x in (self._kept_sigs, self._kept_ids, self._nexts,
-                                          self._stamp, self._tab_keys, self._tab_heads,
-                                          self._kept_sets, self._kept_set_off)))
+        """Bytes of RAM held by the index (allocated capacity of tables, signatures, links, and
+        the shingle sets unless they live in ``sets_file``)."""
+        arrays = [self._kept_sigs, self._kept_ids, self._nexts, self._stamp, self._tab_keys,
+                  self._tab_heads, self._kept_set_off]
+        if self._sets_file is None:
+            arrays.append(self._kept_sets)
+        return int(sum(x.nbytes for x in arrays))
+
+    @property
+    def sets_file_bytes(self) -> int:
+        """Bytes of kept shingle sets in ``sets_file`` (0 without one)."""
+        return 0 if self._sets_file is None else int(self._kept_set_off[self._n_kept]) * 4
+
+    def _set_store(self, size: int, old: np.ndarray | None = None) -> np.ndarray:
+        """uint32 storage for kept shingle sets with room for ``size`` values, keeping ``old``'s."""
+        if self._sets_file is None:
+            new = np.empty(size, dtype=np.uint32)
+            if old is not None:
+                new[: old.shape[0]] = old
+            return new
+        if old is not None and isinstance(old, np.memmap):
+            old.flush()
+        mode = "r+b" if old is not None else "w+b"
+        with open(self._sets_file, mode) as f:  # growing the file keeps what is written
+            f.truncate(size * 4)
+        return np.memmap(self._sets_file, dtype=np.uint32, mode="r+", shape=(size,))
 
     @property
     def bytes_per_doc(self) -> float:
@@ -312,7 +360,7 @@ class MinHashDeduper:
             if used + n_set_values > size:
                 while size < used + n_set_values:
                     size *= 2
-                self._kept_sets = _grow(self._kept_sets, size)
+                self._kept_sets = self._set_store(size, self._kept_sets)
         if self._stamp_base + n >= 2**31 - 1:
             self._stamp.fill(-1)
             self._stamp_base = 0
@@ -324,15 +372,17 @@ class MinHashDeduper:
         buf, offsets = _utf8(texts)
         cfg = self.cfg
         with numba.parallel_chunksize(_CHUNK):
-            sigs, keys = K.minhash_signatures(buf, offsets, cfg.ngram, cfg.char_ngrams, self._a,
-                                              self._b, self._bands, self._rows)
-            sets, set_off = self._sets(buf, offsets) if self._exact else (None, None)
-        return self._insert(sigs, keys, doc_ids, sets, set_off)
+            sigs, keys, vals, off = K.minhash_signatures(buf, offsets, cfg.ngram, cfg.char_ngrams,
+                                                         self._a, self._b, self._bands,
+                                                         self._rows, self._exact)
+        return self._insert(sigs, keys, doc_ids, vals if self._exact else None,
+                            off if self._exact else None)
 
-    def add(self, sigs: np.ndarray, doc_ids: np.ndarray, texts: Texts | None = None) -> MinHashResult:
-        """Like ``__call__`` but from signatures already computed by :func:`signatures` with this
-        config (e.g. in worker processes): only the sequential index work runs here.
-        ``verify="exact"`` also needs the ``texts`` (for their shingle sets)."""
+    def add(self, sigs: np.ndarray, doc_ids: np.ndarray,
+            sets: ShingleSets | None = None) -> MinHashResult:
+        """Like ``__call__`` but from what :func:`signatures_and_sets` computed with this config
+        (e.g. in worker processes): only the sequential index work runs here.
+        ``verify="exact"`` also needs the batch's shingle ``sets``."""
         sigs = np.ascontiguousarray(sigs)
         n = sigs.shape[0]
         if sigs.dtype != np.uint32 or sigs.ndim != 2 or sigs.shape[1] != self.cfg.num_perm:
@@ -340,15 +390,18 @@ class MinHashDeduper:
                              f"fastprep.minhash.signatures with the same config, got "
                              f"{sigs.dtype} {sigs.shape}")
         doc_ids = self._check_ids(doc_ids, n)
-        sets = set_off = None
+        vals = off = None
         if self._exact:
-            if texts is None or len(texts) != n:
-                raise ValueError("verify='exact' compares shingle sets: pass the batch's texts "
-                                 "to add(sigs, doc_ids, texts)")
-            buf, offsets = _utf8(texts)
-            with numba.parallel_chunksize(_CHUNK):
-                sets, set_off = self._sets(buf, offsets)
-        return self._insert(sigs, K.band_keys(sigs, self._bands, self._rows), doc_ids, sets, set_off)
+            if sets is None:
+                raise ValueError("verify='exact' compares shingle sets: pass the batch's sets "
+                                 "from signatures_and_sets to add(sigs, doc_ids, sets)")
+            vals, off = np.ascontiguousarray(sets[0]), np.ascontiguousarray(sets[1])
+            if (vals.dtype != np.uint32 or vals.ndim != 1 or off.dtype != np.int64
+                    or off.shape != (n + 1,) or off[0] != 0 or off[-1] != vals.shape[0]):
+                raise ValueError(f"sets must be (uint32 values, int64 offsets [{n + 1}]) from "
+                                 f"signatures_and_sets, got {vals.dtype} {vals.shape} / "
+                                 f"{off.dtype} {off.shape}")
+        return self._insert(sigs, K.band_keys(sigs, self._bands, self._rows), doc_ids, vals, off)
 
     @staticmethod
     def _check_ids(doc_ids: np.ndarray, n: int) -> np.ndarray:
@@ -358,15 +411,11 @@ class MinHashDeduper:
                              f"{doc_ids.shape}")
         return doc_ids
 
-    def _sets(self, buf: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        hashes, hoff = K.shingle_hashes(buf, offsets, self.cfg.ngram, self.cfg.char_ngrams)
-        return K.sorted_unique_sets(hashes, hoff)
-
     def _insert(self, sigs: np.ndarray, keys: np.ndarray, doc_ids: np.ndarray,
                 sets: np.ndarray | None, set_off: np.ndarray | None) -> MinHashResult:
         n = sigs.shape[0]
         if sets is None or set_off is None:
-            sets, set_off = np.empty(0, dtype=np.uint64), np.zeros(n + 1, dtype=np.int64)
+            sets, set_off = np.empty(0, dtype=np.uint32), np.zeros(n + 1, dtype=np.int64)
         self._reserve(n, sets.shape[0])
         keep = np.empty(n, dtype=np.bool_)
         slot = np.empty(n, dtype=np.int64)
@@ -380,3 +429,28 @@ class MinHashDeduper:
         self._kept_ids[old:self._n_kept] = doc_ids[keep]
         match = np.where(keep, np.int64(-1), self._kept_ids[np.maximum(slot, 0)])
         return MinHashResult(keep=keep, match=match, similarity=sim)
+
+
+def take_sets(sets: ShingleSets, idx: np.ndarray) -> ShingleSets:
+    """The shingle sets of documents ``idx`` (in that order), without a loop over documents."""
+    vals, off = sets
+    idx = np.asarray(idx, dtype=np.int64)
+    starts = off[idx]
+    lens = off[idx + 1] - starts
+    new_off = np.zeros(idx.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lens, out=new_off[1:])
+    pos = np.repeat(starts - new_off[:-1], lens) + np.arange(new_off[-1], dtype=np.int64)
+    return vals[pos], new_off
+
+
+def concat_sets(parts: Sequence[ShingleSets]) -> ShingleSets:
+    """The shingle sets of consecutive batches as one (values, offsets) pair."""
+    if not parts:
+        return np.zeros(0, dtype=np.uint32), np.zeros(1, dtype=np.int64)
+    vals = np.concatenate([p[0] for p in parts])
+    offs = [np.zeros(1, dtype=np.int64)]
+    base = 0
+    for _, off in parts:
+        offs.append(off[1:] + base)
+        base += int(off[-1])
+    return vals, np.concatenate(offs)

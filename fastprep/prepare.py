@@ -354,9 +354,11 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
         exact = ExactDeduper() if cfg.dedupe.exact else None
         minhash = None
         if cfg.dedupe.minhash is not None:
-            from .minhash import MinHashDeduper
+            from .minhash import MinHashDeduper, take_sets
 
-            minhash = MinHashDeduper(cfg.dedupe.minhash)
+            # exact verification keeps the kept documents' shingle sets in a memory-mapped file
+            # of the work folder (removed with it), not in the heap
+            minhash = MinHashDeduper(cfg.dedupe.minhash, sets_file=work / "minhash-sets.u32")
             if cfg.dedupe.report:
                 report_tmp = Path(cfg.dedupe.report).with_name(f".{Path(cfg.dedupe.report).name}.tmp")
                 report_f = open(report_tmp, "wb")
@@ -395,8 +397,9 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
             if minhash is not None and res.signatures is not None and keep.any():
                 idx = np.flatnonzero(keep)
                 doc_ids = (np.int64(f) << np.int64(40)) | (off + res.lines[idx])
-                texts = [res.sim_texts[i] for i in idx] if res.sim_texts is not None else None
-                mh = minhash.add(res.signatures[idx], doc_ids, texts)
+                sets = (take_sets((res.set_values, res.set_offsets), idx)
+                        if res.set_values is not None and res.set_offsets is not None else None)
+                mh = minhash.add(res.signatures[idx], doc_ids, sets)
                 keep[idx] = mh.keep
                 counts["near_duplicates"] += int(len(idx) - mh.keep.sum())
                 if report_f is not None:
@@ -479,6 +482,7 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
             dedupe_out["minhash"] = minhash.params()
             dedupe_out["minhash_index_bytes"] = minhash.nbytes
             dedupe_out["minhash_bytes_per_doc"] = round(minhash.nbytes / max(minhash.docs_indexed, 1), 1)
+            dedupe_out["minhash_sets_file_bytes"] = minhash.sets_file_bytes
         manifest = writer.finish({
             "fastprep_version": __version__,
             "tokenizer": {**bundle.describe(), "file": "tokenizer.json"},

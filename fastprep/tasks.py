@@ -79,7 +79,8 @@ class TaskResult:
     targets: np.ndarray                   # int64 [docs], target tokens per document
     digests: np.ndarray | None            # uint64 [docs, 2]
     signatures: np.ndarray | None         # MinHash signatures [docs, num_perm]
-    sim_texts: list[str] | None           # texts MinHash compares, only for verify="exact"
+    set_values: np.ndarray | None         # uint32 shingle sets MinHash compares (verify="exact")
+    set_offsets: np.ndarray | None        # int64 [docs + 1] into set_values
     ids_path: str
     mask_path: str | None                 # None when every document is plain text
     text_chars: int = 0
@@ -149,7 +150,7 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
     mapper, cleaner, encoder, dtype = st["mapper"], st["cleaner"], st["encoder"], st["dtype"]
     minhash_cfg = cfg.dedupe.minhash
     if minhash_cfg is not None:
-        from .minhash import signatures as minhash_signatures
+        from .minhash import concat_sets, signatures_and_sets, take_sets
     ids_path, mask_path = _task_file(work, task, "ids.bin"), _task_file(work, task, "loss_mask.bin")
     # Private temporary names: an orphaned worker of a killed run may still be finishing the same
     # task; each writer renames complete files into place, and both write identical bytes.
@@ -164,7 +165,7 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
     digests: list[np.ndarray] = []
     sigs: list[np.ndarray] = []
     seen: set[bytes] = set()  # digests of this task's documents (16 bytes + ~60 of set overhead)
-    exact_texts: list[str] | None = [] if minhash_cfg is not None and minhash_cfg.verify == "exact" else None
+    sets: list[tuple[np.ndarray, np.ndarray]] = []  # per batch, only for verify="exact"
     n_lines = 0
     text_chars = 0
     tokens_written = 0
@@ -193,8 +194,10 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
                 return
         if minhash_cfg is not None:
             t = time.perf_counter()
-            sim = [similarity_text(d) for d in docs]
-            sigs.append(minhash_signatures(sim, minhash_cfg))
+            sig, batch_sets = signatures_and_sets([similarity_text(d) for d in docs], minhash_cfg)
+            sigs.append(sig)
+            if batch_sets is not None:
+                sets.append(batch_sets)
             seconds["minhash_signatures"] += time.perf_counter() - t
         t = time.perf_counter()
         enc = encoder(docs)
@@ -207,11 +210,9 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
                 digests[-1] = digests[-1][keep]
             if sigs:
                 sigs[-1] = sigs[-1][keep]
+            if sets:
+                sets[-1] = take_sets(sets[-1], np.flatnonzero(keep))
             docs = [d for d, k in zip(docs, keep) if k]
-            if minhash_cfg is not None:
-                sim = [x for x, k in zip(sim, keep) if k]
-        if exact_texts is not None:
-            exact_texts.extend(sim)
         ids_f.write(enc.ids.astype(dtype, copy=False).tobytes())
         if enc.loss_mask is not None and mask_f is None:
             mask_f = open(mask_tmp, "wb")
@@ -287,7 +288,8 @@ def run_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
         targets=np.concatenate(targets) if targets else np.zeros(0, np.int64),
         digests=(np.concatenate(digests) if digests else np.zeros((0, 2), np.uint64)) if cfg.dedupe.exact else None,
         signatures=(np.concatenate(sigs) if sigs else None) if minhash_cfg is not None else None,
-        sim_texts=exact_texts,
+        **_set_fields(concat_sets(sets) if minhash_cfg is not None and minhash_cfg.verify == "exact"
+                      else None),
         ids_path=str(ids_path), mask_path=str(mask_path) if mask_f is not None else None,
         text_chars=text_chars, seconds=dict(seconds))
     save_result(res, work)
@@ -300,7 +302,13 @@ def _task_file(work: str | Path, task: Task, suffix: str) -> Path:
     return Path(work) / f"task-{task.index:06d}.{suffix}"
 
 
-_ARRAYS = ("lengths", "lines", "kinds", "targets", "digests", "signatures")
+_ARRAYS = ("lengths", "lines", "kinds", "targets", "digests", "signatures", "set_values",
+           "set_offsets")
+
+
+def _set_fields(sets: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray | None]:
+    return {"set_values": None if sets is None else sets[0],
+            "set_offsets": None if sets is None else sets[1]}
 
 
 def save_result(res: TaskResult, work: str | Path) -> None:
@@ -314,7 +322,7 @@ def save_result(res: TaskResult, work: str | Path) -> None:
         os.fsync(f.fileno())
     os.replace(f"{npz}{tag}", npz)
     meta = {"n_lines": res.n_lines, "bad": res.bad, "counts": dict(res.counts),
-            "sim_texts": res.sim_texts, "has_mask": res.mask_path is not None,
+            "has_mask": res.mask_path is not None,
             "text_chars": res.text_chars, "seconds": res.seconds,
             "task": [res.task.file, res.task.start, res.task.end]}
     done = _task_file(work, res.task, "json")
@@ -346,7 +354,8 @@ def load_result(task: Task, work: str | Path, itemsize: int) -> TaskResult | Non
     return TaskResult(task=task, n_lines=meta["n_lines"], bad=[tuple(b) for b in meta["bad"]],
                       counts=Counter(meta["counts"]), lengths=arrays["lengths"], lines=arrays["lines"],
                       kinds=arrays["kinds"], targets=arrays["targets"], digests=arrays["digests"],
-                      signatures=arrays["signatures"], sim_texts=meta["sim_texts"],
+                      signatures=arrays["signatures"], set_values=arrays["set_values"],
+                      set_offsets=arrays["set_offsets"],
                       ids_path=str(ids_path), mask_path=str(mask_path) if mask_path else None,
                       text_chars=meta["text_chars"], seconds=meta["seconds"])
 

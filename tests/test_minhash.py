@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -23,9 +24,12 @@ from fastprep.minhash import (
     _utf8,
     candidate_probability,
     choose_bands,
+    concat_sets,
     jaccard_exact,
     shingle_sets,
     signatures,
+    signatures_and_sets,
+    take_sets,
 )
 
 # ASCII, Latin-1 (letters, punctuation, × ÷), General Punctuation, ideographic space, CJK, emoji
@@ -70,6 +74,42 @@ def test_shingle_hashes_match_reference(texts: list[str], ngram: int, char_ngram
         assert hashes[hoff[d]:hoff[d + 1]].tolist() == ref
         # every document with a token has at least one shingle: short ones are not lost
         assert (len(ref) > 0) == (len(K.normalize_reference(text)) > 0)
+
+
+@SETTINGS
+@given(TEXTS, st.integers(1, 6), st.booleans())
+def test_shingle_sets_match_reference(texts: list[str], ngram: int, char_ngrams: bool) -> None:
+    """Both kernels that build sets (the standalone one and the one fused with the signatures,
+    which workers use) equal the twin: sorted distinct high halves of the shingle hashes."""
+    cfg = MinHashConfig(num_perm=8, ngram=ngram, char_ngrams=char_ngrams, verify="exact")
+    vals, off = shingle_sets(texts, cfg)
+    sigs, fused = signatures_and_sets(texts, cfg)
+    assert vals.dtype == np.uint32 and off.dtype == np.int64 and off.shape == (len(texts) + 1,)
+    np.testing.assert_array_equal(fused[0], vals)
+    np.testing.assert_array_equal(fused[1], off)
+    np.testing.assert_array_equal(sigs, signatures(texts, cfg))
+    for d, text in enumerate(texts):
+        ref = K.sorted_unique_sets_reference(K.shingle_hashes_reference(text, ngram, char_ngrams))
+        assert vals[off[d]:off[d + 1]].tolist() == ref
+    # signature verification needs no sets
+    assert signatures_and_sets(texts, MinHashConfig(num_perm=8, ngram=ngram, char_ngrams=char_ngrams,
+                                                    verify="signature"))[1] is None
+
+
+@given(st.lists(st.lists(st.integers(0, 9), max_size=6), max_size=12), st.data())
+def test_take_and_concat_sets(docs: list[list[int]], data: st.DataObject) -> None:
+    off = np.zeros(len(docs) + 1, dtype=np.int64)
+    np.cumsum([len(d) for d in docs], out=off[1:])
+    sets = (np.array([v for d in docs for v in d], dtype=np.uint32), off)
+    idx = data.draw(st.lists(st.integers(0, max(len(docs) - 1, 0)), max_size=len(docs))) if docs else []
+    vals, new_off = take_sets(sets, np.array(idx, dtype=np.int64))
+    assert [vals[new_off[i]:new_off[i + 1]].tolist() for i in range(len(idx))] == [docs[i] for i in idx]
+    cut = len(docs) // 2
+    a = take_sets(sets, np.arange(cut))
+    b = take_sets(sets, np.arange(cut, len(docs)))
+    both = concat_sets([a, b])
+    np.testing.assert_array_equal(both[0], sets[0])
+    np.testing.assert_array_equal(both[1], sets[1])
 
 
 @SETTINGS
@@ -332,7 +372,7 @@ def test_params_are_json() -> None:
     p = MinHashDeduper(MinHashConfig(threshold=0.7)).params()
     assert json.loads(json.dumps(p)) == p
     assert p == {"threshold": 0.7, "num_perm": 128, "ngram": 5, "char_ngrams": False,
-                 "bands": 25, "rows": 5, "seed": 0, "verify": "signature"}
+                 "bands": 25, "rows": 5, "seed": 0, "verify": "exact"}
 
 
 @pytest.mark.parametrize("verify", ["signature", "exact"])
@@ -343,13 +383,41 @@ def test_add_precomputed_signatures_equals_call(verify: str) -> None:
     cfg = MinHashConfig(verify=verify)
     direct = MinHashDeduper(cfg)(texts, ids)
     d = MinHashDeduper(cfg)
-    sigs = signatures(texts, cfg)
+    sigs, sets = signatures_and_sets(texts, cfg)
     if verify == "exact":
-        with pytest.raises(ValueError, match="texts"):
+        with pytest.raises(ValueError, match="sets"):
             d.add(sigs[:10], ids[:10])
-    parts = [d.add(sigs[s:s + 25], ids[s:s + 25], texts[s:s + 25] if verify == "exact" else None)
+        with pytest.raises(ValueError, match="uint32 values"):
+            d.add(sigs[:2], ids[:2], (sets[0].astype(np.uint64), sets[1][:3]))
+    parts = [d.add(sigs[s:s + 25], ids[s:s + 25],
+                   take_sets(sets, np.arange(s, min(s + 25, len(texts)))) if sets else None)
              for s in range(0, len(texts), 25)]
     np.testing.assert_array_equal(np.concatenate([p.keep for p in parts]), direct.keep)
     np.testing.assert_array_equal(np.concatenate([p.match for p in parts]), direct.match)
+    np.testing.assert_array_equal(np.concatenate([p.similarity for p in parts]), direct.similarity)
     with pytest.raises(ValueError, match="uint32"):
         d.add(sigs.astype(np.uint64), ids)
+
+
+def test_sets_file_equals_memory(tmp_path: Path) -> None:
+    """Kept sets in a memory-mapped file (what prepare uses) give the same result as in RAM, also
+    when the file grows many times, and are not counted as index RAM."""
+    texts, _, _ = _planted_corpus()
+    ids = np.arange(len(texts), dtype=np.int64)
+    cfg = MinHashConfig(verify="exact")
+
+    class Small(MinHashDeduper):
+        _INITIAL_SET_VALUES = 4  # grow (and remap the file) many times
+
+    ram = Small(cfg)
+    on_disk = Small(cfg, sets_file=tmp_path / "sets.u32")
+    for s in range(0, len(texts), 10):
+        r1 = ram(texts[s:s + 10], ids[s:s + 10])
+        r2 = on_disk(texts[s:s + 10], ids[s:s + 10])
+        np.testing.assert_array_equal(r1.keep, r2.keep)
+        np.testing.assert_array_equal(r1.match, r2.match)
+    used = on_disk.sets_file_bytes
+    assert used > 0 and (tmp_path / "sets.u32").stat().st_size >= used
+    assert ram.nbytes - on_disk.nbytes == ram._kept_sets.nbytes
+    assert MinHashDeduper(MinHashConfig(verify="signature"), sets_file=tmp_path / "x").sets_file_bytes == 0
+    assert not (tmp_path / "x").exists()

@@ -315,10 +315,9 @@ def test_cleaning_and_field_options_reach_the_output(tmp_path: Path, tokenizer_d
     assert stats.counts["records_kept"] == 1
 
 
-def test_minhash_removes_planted_near_duplicates_with_report(tmp_path: Path, tokenizer_dir: Path) -> None:
+def _planted_near_copies(path: Path) -> tuple[Path, list[dict], list[tuple[int, int]]]:
+    """60 documents, every third followed by a near copy; (file, records, (copy line, original line))."""
     import random
-
-    from fastprep import MinHashConfig
 
     rng = random.Random(5)
     base = make_texts(60, seed=11, min_words=200, max_words=260)
@@ -331,7 +330,13 @@ def test_minhash_removes_planted_near_duplicates_with_report(tmp_path: Path, tok
                 words[rng.randrange(len(words))] = "CHANGED"
             recs.append({"text": " ".join(words)})
             planted.append((len(recs), len(recs) - 1))  # (line of the copy, line of its original)
-    p = write_jsonl(tmp_path / "d.jsonl", recs)
+    return write_jsonl(path, recs), recs, planted
+
+
+def test_minhash_removes_planted_near_duplicates_with_report(tmp_path: Path, tokenizer_dir: Path) -> None:
+    from fastprep import MinHashConfig
+
+    p, recs, planted = _planted_near_copies(tmp_path / "d.jsonl")
     report = tmp_path / "dups.jsonl"
     dd = DedupeConfig(minhash=MinHashConfig(threshold=0.8), report=str(report))
     stats = prepare(config([p], tmp_path / "o1", tokenizer_dir, dedupe=dd, seq_len=512))
@@ -339,14 +344,55 @@ def test_minhash_removes_planted_near_duplicates_with_report(tmp_path: Path, tok
     assert stats.counts["records_kept"] == 60
     rows = [json.loads(x) for x in report.read_text().splitlines()]
     assert sorted((r["line"], r["matched_line"]) for r in rows) == sorted(planted)
-    assert all(0.8 <= r["similarity"] <= 1.0 for r in rows)
+    # the default verification is exact: the reported similarity is the exact Jaccard of the
+    # shingle sets that the worker computed, equal to one computed here from the two texts
+    from fastprep.minhash import jaccard_exact
+
+    cfg_mh = MinHashConfig(threshold=0.8)
+    for r in rows:
+        j = jaccard_exact(recs[r["line"] - 1]["text"], recs[r["matched_line"] - 1]["text"], cfg_mh)
+        assert r["similarity"] == pytest.approx(j, abs=5e-5)  # the report rounds to 4 places
     m = json.loads((tmp_path / "o1" / "manifest.json").read_text())
     assert m["dedupe"]["minhash"]["bands"] * m["dedupe"]["minhash"]["rows"] <= 128
+    assert m["dedupe"]["minhash"]["verify"] == "exact"
     assert m["dedupe"]["minhash_bytes_per_doc"] > 0
-    dd2 = DedupeConfig(minhash=MinHashConfig(threshold=0.8, verify="exact"))
+    # the kept documents' sets went to a file in the work folder, removed at the end
+    assert m["dedupe"]["minhash_sets_file_bytes"] > 60 * 150 * 4
+    assert not (tmp_path / "o1" / ".fastprep-work").exists()
+    dd2 = DedupeConfig(minhash=MinHashConfig(threshold=0.8, verify="signature"))
     stats2 = prepare(config([p], tmp_path / "o2", tokenizer_dir, dedupe=dd2, seq_len=512, workers=2,
                             task_bytes=20000))
     assert stats2.counts["near_duplicates"] == 20
     h1, h2 = file_hashes(tmp_path / "o1"), file_hashes(tmp_path / "o2")
     assert h1.pop("manifest.json") != h2.pop("manifest.json")  # configs differ (verify mode)
     assert h1 == h2
+    m2 = json.loads((tmp_path / "o2" / "manifest.json").read_text())
+    assert m2["dedupe"]["minhash_sets_file_bytes"] == 0
+
+
+def test_minhash_resume_reuses_saved_signatures_and_sets(tmp_path: Path, tokenizer_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finished tasks of an interrupted MinHash run are reloaded (signatures and shingle sets from
+    their .npz) and the resumed output equals an uninterrupted run's, byte for byte."""
+    import fastprep.write as w
+    from fastprep import MinHashConfig
+
+    p, _, planted = _planted_near_copies(tmp_path / "d.jsonl")
+    dd = DedupeConfig(minhash=MinHashConfig(threshold=0.8))
+    ref = prepare(config([p], tmp_path / "ref", tokenizer_dir, dedupe=dd, seq_len=512, task_bytes=9000))
+    assert ref.counts["near_duplicates"] == len(planted)
+
+    real = w.ShardWriter.add
+
+    def failing_add(self, block):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(w.ShardWriter, "add", failing_add)
+    with pytest.raises(OSError, match="No space"):
+        prepare(config([p], tmp_path / "out", tokenizer_dir, dedupe=dd, seq_len=512, task_bytes=9000))
+    monkeypatch.setattr(w.ShardWriter, "add", real)
+    stats = prepare(config([p], tmp_path / "out", tokenizer_dir, dedupe=dd, seq_len=512,
+                           task_bytes=9000, resume=True))
+    assert any("resumed" in n for n in stats.notes)
+    assert stats.counts["near_duplicates"] == len(planted)
+    assert file_hashes(tmp_path / "out") == file_hashes(tmp_path / "ref")
