@@ -421,3 +421,23 @@ def test_sets_file_equals_memory(tmp_path: Path) -> None:
     assert ram.nbytes - on_disk.nbytes == ram._kept_sets.nbytes
     assert MinHashDeduper(MinHashConfig(verify="signature"), sets_file=tmp_path / "x").sets_file_bytes == 0
     assert not (tmp_path / "x").exists()
+
+
+def test_worker_process_kernels_without_scipy_import() -> None:
+    """Worker processes refuse numba's scipy.linalg BLAS probe (a startup cost); the kernels
+    must still load and give the same signatures and sets there."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json\n"
+        "from fastprep.tasks import init_worker\n"
+        "init_worker(1)\n"
+        "from fastprep.minhash import MinHashConfig, signatures_and_sets\n"
+        "sigs, (vals, off) = signatures_and_sets(['a b c d e f g', 'x'], MinHashConfig())\n"
+        "assert sys.modules.get('scipy.linalg') is None\n"
+        "print(json.dumps([sigs.tolist(), vals.tolist(), off.tolist()]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    sigs, (vals, off) = signatures_and_sets(["a b c d e f g", "x"], MinHashConfig())
+    assert json.loads(out.stdout) == [sigs.tolist(), vals.tolist(), off.tolist()]
