@@ -9,10 +9,19 @@ Lengths come from a seeded mixture that looks like a fine-tuning corpus: short c
 Part 1 times :func:`fastprep.pack.plan` (lengths only) on ``--docs`` documents for every mode.
 Part 2 compares with TRL on the first ``--trl-docs`` documents (TRL keeps every token in an Arrow
 table, so it is run on a subset that fits in memory) and, to be fair, times fastprep end to end
-there: ``plan`` plus ``fill_rows`` materialising every row as uint16 arrays, against TRL's
+there: ``plan`` plus ``fill_rows`` materialising every row as uint16 arrays, block by block as
+the write stage does (``--fill-block`` rows per call, default 8192; ``fastprep prepare`` itself
+uses ~4M tokens per block, 2048 rows at L=2048), against TRL's
 ``pack_dataset`` on a ``datasets.Dataset`` of ``input_ids`` (built beforehand, not timed).
 Pairs: fastprep bfd+truncate vs TRL "bfd", bfd+split vs "bfd_split", concat vs "wrapped".
 Efficiency counts rows as padded to L (how a fixed-shape training step consumes them).
+
+Part 2 also measures a *memory floor* per pair on the same data: copying the kept tokens into a
+preallocated ``rows x L`` uint16 array plus filling a preallocated ``rows x L`` uint16 segment
+array, i.e. the bytes any packer that materialises rows must at least write, as two contiguous
+streams (the real fill gathers pieces from all over the token array, and gets fresh output
+arrays per block). ``max`` is the speedup over TRL that this floor allows, TRL time / (plan time
++ floor time), printed next to the achieved speedup.
 
 Every timing: one burn-in run (JIT compilation, caches), then the median of ``--repeats`` runs
 (``--repeats // 2`` for TRL, whose runs take seconds each).
@@ -75,7 +84,7 @@ def part_plan(lengths: np.ndarray, seq_len: int, repeats: int) -> None:
 
 
 def fastprep_end_to_end(lengths: np.ndarray, tokens: np.ndarray, offsets: np.ndarray,
-                        cfg: PackConfig, block: int = 8192) -> PackPlan:
+                        cfg: PackConfig, block: int) -> PackPlan:
     """plan + every row materialised, in blocks, as the write stage does."""
     p = plan(lengths, cfg)
     for lo in range(0, p.n_rows, block):
@@ -101,7 +110,24 @@ def trl_stats(packed: Any) -> tuple[int, int]:
     return len(packed), int(pc.sum(pc.list_value_length(col)).as_py())
 
 
-def part_trl(lengths: np.ndarray, seq_len: int, repeats: int) -> None:
+def memory_floor(tokens: np.ndarray, kept: int, n_rows: int, seq_len: int, repeats: int
+                 ) -> float:
+    """Median seconds to write what any materialising packer must: ``kept`` tokens copied into a
+    preallocated ``n_rows x L`` ids array, and a preallocated ``n_rows x L`` segment array filled
+    (both uint16, as fastprep writes them here). The burn-in run faults the pages in."""
+    ids = np.empty(n_rows * seq_len, np.uint16)
+    seg = np.empty(n_rows * seq_len, np.uint16)
+    src = tokens[:kept]
+
+    def write() -> None:
+        np.copyto(ids[:kept], src)
+        seg.fill(1)
+
+    sec, _ = median_time(write, repeats)
+    return sec
+
+
+def part_trl(lengths: np.ndarray, seq_len: int, repeats: int, block: int) -> None:
     try:
         import datasets
         import trl
@@ -116,22 +142,35 @@ def part_trl(lengths: np.ndarray, seq_len: int, repeats: int) -> None:
     tok16 = tokens.astype(np.uint16)
     n, total = lengths.size, int(offsets[-1])
     print(f"\n## fastprep plan+fill_rows vs TRL {trl.__version__} pack_dataset (datasets "
-          f"{datasets.__version__}) on {n:,} documents, {total:,} tokens, L={seq_len}")
+          f"{datasets.__version__}) on {n:,} documents, {total:,} tokens, L={seq_len}, "
+          f"fill_rows in blocks of {block:,} rows")
+    print("seconds: plan / plan+fill / memory floor (copy kept tokens + fill segment ids, "
+          "preallocated) / TRL; max = TRL / (plan + floor)")
     print(f"{'fastprep':<16}{'docs/s':>10}{'eff.':>9}{'kept':>8}{'rows':>8} | {'TRL':<10}"
-          f"{'docs/s':>8}{'eff.':>9}{'kept':>8}{'rows':>8} | {'speedup':>8}")
+          f"{'docs/s':>8}{'eff.':>9}{'kept':>8}{'rows':>8} | {'speedup':>8}{'max':>8} | "
+          f"{'plan':>7}{'p+fill':>7}{'floor':>7}{'TRL':>7}")
+    floors: list[str] = []
     for mode, policy, strategy in COMBOS:
         if strategy is None:
             continue
         cfg = fastprep_cfg(mode, policy, seq_len)
+        p_sec, _ = median_time(lambda cfg=cfg: plan(lengths, cfg), repeats)
         f_sec, p = median_time(
-            lambda cfg=cfg: fastprep_end_to_end(lengths, tok16, offsets, cfg), repeats)
+            lambda cfg=cfg: fastprep_end_to_end(lengths, tok16, offsets, cfg, block), repeats)
+        floor_sec = memory_floor(tok16, p.tokens_kept, p.n_rows, seq_len, repeats)
         t_sec, packed = median_time(lambda s=strategy: pack_dataset(ds, seq_len, strategy=s),
                                     max(1, repeats // 2))
         rows, kept = trl_stats(packed)
         print(f"{mode + '+' + policy:<16}{n / f_sec:>10,.0f}{p.efficiency:>9.5f}"
               f"{p.tokens_kept / total:>8.2%}{p.n_rows:>8,} | {strategy:<10}{n / t_sec:>8,.0f}"
               f"{kept / (rows * seq_len):>9.5f}{kept / total:>8.2%}{rows:>8,} | "
-              f"{t_sec / f_sec:>7.1f}x")
+              f"{t_sec / f_sec:>7.1f}x{t_sec / (p_sec + floor_sec):>7.1f}x | "
+              f"{p_sec:>7.3f}{f_sec:>7.3f}{floor_sec:>7.3f}{t_sec:>7.2f}")
+        written = 2 * (p.tokens_kept + p.n_rows * seq_len)  # bytes, uint16 ids + segment ids
+        floors.append(f"{mode}+{policy}: floor writes {p.tokens_kept:,} tokens + "
+                      f"{p.n_rows * seq_len:,} segment ids = {written / floor_sec / 1e9:.1f} GB/s")
+    for line in floors:
+        print(line)
 
 
 def main() -> None:
@@ -141,6 +180,9 @@ def main() -> None:
     ap.add_argument("--trl-docs", type=int, default=200_000,
                     help="documents for the TRL comparison (first N of the same lengths)")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs after one burn-in")
+    ap.add_argument("--fill-block", type=int, default=8192,
+                    help="rows per fill_rows call in part 2 (fastprep prepare's write stage uses "
+                         "~4M tokens per block: 2048 rows at L=2048)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--chat-share", type=float, default=0.55,
                     help="share of short chat turns in the mixture (fewer = harder to pack)")
@@ -150,7 +192,7 @@ def main() -> None:
     lengths = make_lengths(args.docs, args.seed, args.chat_share)
     part_plan(lengths, args.seq_len, args.repeats)
     if args.trl_docs > 0:
-        part_trl(lengths[:args.trl_docs], args.seq_len, args.repeats)
+        part_trl(lengths[:args.trl_docs], args.seq_len, args.repeats, max(1, args.fill_block))
 
 
 if __name__ == "__main__":

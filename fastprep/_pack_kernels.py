@@ -426,33 +426,52 @@ def fill_rows(piece_doc: np.ndarray, piece_start: np.ndarray, piece_len: np.ndar
 
     ``out_loss`` with zero rows means "no loss mask" (``loss_src`` is then ignored). Every output
     cell is written exactly once, so the outputs may come from ``np.empty``.
+
+    Each piece is one contiguous copy and one contiguous segment-id fill, and only the tail of a
+    row after its last piece is padded: a single pass over the outputs. The copy goes through 1-D
+    views with a plain ``a[t] = b[t]`` loop, which LLVM vectorises; indexing the 2-D outputs
+    (``out[i, off + t]``) with the id and segment stores interleaved in one loop did not vectorise
+    and ran ~2.5x slower. Slice fills with a scalar of the output dtype compile to memset-like
+    loops. Measured (2-core KVM guest, L=2048, uint16, 77M tokens in 37.6k rows, outputs already
+    faulted in): ~0.2 s before, ~0.08 s now for shuffled ``bfd`` rows, ~0.045 s for unshuffled
+    ``concat`` rows, against ~0.04 s to ``np.copyto`` the tokens and fill the segment array in
+    one go. What is left is the gather: a shuffled plan reads ~100k pieces of ~1.5 KB from all
+    over the token array (software prefetch of the next pieces gained <10%, within this
+    machine's noise, and copying in source order was slower: neither is used).
     """
     n_out, seq_len = out_ids.shape
     with_loss = out_loss.shape[0] > 0
+    pad = out_ids.dtype.type(pad_id)
+    seg_pad = out_seg.dtype.type(0)
+    loss_pad = out_loss.dtype.type(0)
     k = 0
     n = piece_row.shape[0]
     for i in range(n_out):
         r = row_lo + i
+        ids_row = out_ids[i]
+        seg_row = out_seg[i]
         end = 0
         while k < n and piece_row[k] == r:
             src = doc_offsets[piece_doc[k]] + piece_start[k]
             off = piece_offset[k]
             m = piece_len[k]
-            seg = piece_segment[k]
+            dst = ids_row[off:off + m]
+            got = tokens[src:src + m]
             for t in range(m):
-                out_ids[i, off + t] = tokens[src + t]
-                out_seg[i, off + t] = seg
+                dst[t] = got[t]
+            seg_row[off:off + m] = out_seg.dtype.type(piece_segment[k])
             if with_loss:
+                dst_loss = out_loss[i, off:off + m]
+                got_loss = loss_src[src:src + m]
                 for t in range(m):
-                    out_loss[i, off + t] = loss_src[src + t]
+                    dst_loss[t] = got_loss[t]
             end = off + m
             k += 1
-        for t in range(end, seq_len):
-            out_ids[i, t] = pad_id
-            out_seg[i, t] = 0
-        if with_loss:
-            for t in range(end, seq_len):
-                out_loss[i, t] = 0
+        if end < seq_len:
+            ids_row[end:] = pad
+            seg_row[end:] = seg_pad
+            if with_loss:
+                out_loss[i, end:] = loss_pad
 
 
 def fill_rows_reference(piece_doc: np.ndarray, piece_start: np.ndarray, piece_len: np.ndarray,

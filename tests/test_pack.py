@@ -388,6 +388,31 @@ def test_fill_rows_in_blocks_from_memmap(tmp_path) -> None:
     assert np.array_equal(whole["input_ids"] == 65535, whole["segment_ids"] == 0)
 
 
+def test_large_blocks_same_bytes_from_aligned_outputs() -> None:
+    """Outputs of 4 MiB or more start on a 2 MiB boundary (huge pages, see pack._empty_rows) and
+    hold the same invariants and loss mask; small ones are plain arrays."""
+    rng = np.random.default_rng(6)
+    L = 256
+    lengths = realistic_lengths(rng, 8000, L)
+    p, _ = check_invariants(lengths, PackConfig(seq_len=L))  # int64 rows: > 4 MiB here
+    assert p.n_rows * L * 8 >= 4 << 20
+    tokens = encoded_tokens(lengths)
+    mask = (rng.random(tokens.size) < 0.5).astype(np.uint8)
+    out = materialise(p, lengths, loss_mask=mask)
+    ids, lm = out["input_ids"], out["loss_mask"]
+    assert ids.ctypes.data % (2 << 20) == 0
+    for a in out.values():
+        assert a.flags.c_contiguous and a.flags.writeable and a.shape == (p.n_rows, L)
+    real = ids >= 0
+    src = doc_offsets(lengths)[ids[real] // STRIDE] + ids[real] % STRIDE
+    assert np.array_equal(lm[real], mask[src]) and np.all(lm[~real] == 0)
+    # a small block (under 4 MiB) is a plain array with the same rows
+    small = fill_rows(p, tokens, doc_offsets(lengths), 0, 3, pad_id=-1, ids_dtype=np.int64,
+                      seg_dtype=np.int64)
+    assert small["input_ids"].base is None
+    assert np.array_equal(small["input_ids"], ids[:3])
+
+
 # ------------------------------------------------------------------------------------------------
 # errors name the fix
 
