@@ -60,6 +60,10 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                         "(default; the sets of kept documents go to a file in the work folder, "
                         "~4 B per shingle) or by the signature estimate (no file, less precise)")
     g.add_argument("--dedupe-report", default=None, help="JSONL of removed near duplicates")
+    g.add_argument("--near-method", choices=["auto", "stream", "shuffle"], default="auto",
+                   help="MinHash decisions by one index in the driver (stream) or by a band "
+                        "shuffle verified in parallel (shuffle; Ray tasks under --executor ray); "
+                        "same result; auto = shuffle under Ray, else stream")
     g = p.add_argument_group("tokenization")
     g.add_argument("--bos", choices=["auto", "always", "never"], default="auto")
     g.add_argument("--eos", choices=["auto", "always", "never"], default="auto")
@@ -130,7 +134,8 @@ def config_from_args(a: argparse.Namespace) -> Any:
         clean=CleanConfig(unicode=a.unicode, fix_newlines=not a.no_fix_newlines,
                           strip_control=not a.keep_control, strip=not a.no_strip,
                           min_chars=a.min_chars, max_chars=a.max_chars),
-        dedupe=DedupeConfig(exact=a.dedupe != "none", minhash=minhash, report=a.dedupe_report),
+        dedupe=DedupeConfig(exact=a.dedupe != "none", minhash=minhash, report=a.dedupe_report,
+                            near_method=a.near_method),
         pack=PackConfig(seq_len=a.seq_len, mode=a.pack, long_policy=a.long_docs,
                         window_docs=a.pack_window, shuffle=not a.no_shuffle, seed=a.seed),
         shard_rows=a.shard_rows, batch_bytes=a.batch_bytes, workers=a.workers,

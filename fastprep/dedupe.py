@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -72,12 +72,19 @@ class DedupeConfig:
     exact: remove exact duplicates (after cleaning) first; on unless ``--dedupe none``.
     minhash: near-duplicate parameters, or None for no near-duplicate removal.
     report: a JSONL file listing every removed near duplicate with the document it matched.
+    near_method: how MinHash decisions are made, with the same result either way: "stream" (one
+        index in the driver, documents in input order), "shuffle" (band-partitioned candidate
+        pairs verified in parallel, Ray tasks under ``--executor ray``: see
+        :mod:`fastprep.lsh_shuffle`), or "auto" (shuffle under Ray, stream otherwise).
     """
 
     exact: bool = True
     minhash: Any = None  # fastprep.minhash.MinHashConfig; Any keeps the import lazy
     report: str | None = None
+    near_method: Literal["auto", "stream", "shuffle"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.near_method not in ("auto", "stream", "shuffle"):
+            raise ValueError(f"--near-method must be auto, stream or shuffle, not {self.near_method!r}")
         if self.report is not None and self.minhash is None:
             raise ValueError("--dedupe-report needs --dedupe minhash")

@@ -133,10 +133,13 @@ class PrepareStats:
     seconds: dict[str, float]
     manifest: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    # MinHash method and its costs: "stream" (index_bytes, bytes_per_doc, sets_file_bytes) or
+    # "shuffle" (partitions, candidate_pairs, verified_pairs, files_bytes); empty without MinHash
+    near_dedupe: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": self.out, "counts": self.counts, "packing": self.packing, "seconds": self.seconds,
-                "notes": self.notes}
+                "near_dedupe": self.near_dedupe, "notes": self.notes}
 
 
 def _fingerprint(cfg: PrepareConfig, files: list[str], bundle: TokenizerBundle) -> str:
@@ -226,6 +229,8 @@ class _TokenSpill:
         self._mask: Any = None
         self._lengths: list[np.ndarray] = []   # tokens per document, duplicates included
         self._planned: list[np.ndarray] = []   # the same with removed documents at 0
+        self._dropped: list[np.ndarray] = []   # documents removed after their task was appended
+        self.docs = 0
         self.tokens = 0
 
     def append_task(self, res: TaskResult, keep: np.ndarray) -> None:
@@ -245,14 +250,22 @@ class _TokenSpill:
                 _write_ones(self._mask, n_tokens)
         self._lengths.append(res.lengths)
         self._planned.append(np.where(keep, res.lengths, 0))
+        self.docs += len(res.lengths)
         self.tokens += n_tokens  # task files stay until the run succeeds: a crash resumes from them
+
+    def drop(self, positions: np.ndarray) -> None:
+        """Remove documents (global positions in append order) decided after their task, e.g.
+        by the shuffle MinHash; their tokens stay in the spill but get no piece."""
+        self._dropped.append(np.asarray(positions, dtype=np.int64))
 
     def finish(self) -> tuple[np.ndarray, np.ndarray, bool]:
         """(lengths, planned lengths, has_loss_mask); closes the files."""
         self.close()
         def cat(parts: list[np.ndarray]) -> np.ndarray:
             return np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        return cat(self._lengths), cat(self._planned), self._mask is not None
+        planned = cat(self._planned)
+        planned[cat(self._dropped)] = 0
+        return cat(self._lengths), planned, self._mask is not None
 
     def close(self) -> None:
         self._ids.close()
@@ -262,6 +275,90 @@ class _TokenSpill:
 
 def _needs_template(path: str) -> bool:
     return file_kind(path) in ("jsonl", "parquet")
+
+
+def _near_method(cfg: PrepareConfig) -> str:
+    m = cfg.dedupe.near_method
+    return m if m != "auto" else ("shuffle" if cfg.executor == "ray" else "stream")
+
+
+@dataclass(frozen=True)
+class _Removed:
+    positions: np.ndarray  # int64: spill positions of the removed near duplicates
+    kinds: np.ndarray      # uint8: their record kinds
+    targets: np.ndarray    # int64: their target tokens
+
+
+class _NearShuffle:
+    """MinHash by band shuffle (:mod:`fastprep.lsh_shuffle`) instead of the driver's index.
+
+    Per task (after exact dedupe, so copies never form the quadratic buckets), the driver writes
+    the documents' band keys into ``P`` partition files and their signatures or shingle sets
+    into a memory-mapped store, both under the work folder (shared storage under Ray). After
+    the last task, every partition's candidate pairs are found and verified in parallel (Ray
+    tasks, or in-process without Ray) and the keep-first resolution gives exactly the streaming
+    index's decision. The driver keeps 17 B per MinHash'd document (id, spill position, kind)
+    plus 8 B for its target count, not the index's ~2 KB per kept document.
+    """
+
+    def __init__(self, cfg: PrepareConfig, work: Path, workers: int) -> None:
+        self.cfg = cfg
+        self.mh = cfg.dedupe.minhash
+        self.dir = work / "near-shuffle"
+        if self.dir.exists():  # a resumed run rewrites every task's files from its saved result
+            shutil.rmtree(self.dir)
+        self.dir.mkdir()
+        # a few partitions per parallel slot, so a slow partition does not hold up the end
+        self.partitions = max(2, 4 * workers)
+        self._ids: list[np.ndarray] = []
+        self._pos: list[np.ndarray] = []
+        self._kinds: list[np.ndarray] = []
+        self._targets: list[np.ndarray] = []
+        self.stats: dict[str, Any] = {"method": "shuffle", "partitions": self.partitions}
+
+    def add(self, res: TaskResult, idx: np.ndarray, doc_ids: np.ndarray, sets: Any, base: int) -> None:
+        from .lsh_shuffle import partition_signatures, write_doc_store
+
+        name = f"task-{res.task.index:06d}"
+        sigs = res.signatures[idx]
+        partition_signatures(sigs, doc_ids, self.mh, self.partitions, self.dir, name)
+        exact = self.mh.verify == "exact"
+        write_doc_store(self.dir / "store", name, doc_ids, None if exact else sigs,
+                        sets if exact else None)
+        self._ids.append(doc_ids)
+        self._pos.append(base + idx)
+        self._kinds.append(res.kinds[idx])
+        self._targets.append(res.targets[idx])
+
+    def resolve(self, report_f: IO[bytes] | None, files: list[str]) -> _Removed:
+        from .lsh_shuffle import (
+            FileStore,
+            local_shuffle_dedupe,
+            partition_files,
+            ray_shuffle_dedupe,
+        )
+
+        def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+            return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+        ids = cat(self._ids, np.int64)
+        if not ids.size:
+            return _Removed(np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.int64))
+        by_partition = partition_files(self.dir, self.partitions)
+        store = FileStore(self.dir / "store")
+        if self.cfg.executor == "ray":
+            removals = ray_shuffle_dedupe(by_partition, store, self.mh,
+                                          num_cpus=self.cfg.ray_cpus_per_task)
+        else:
+            removals = local_shuffle_dedupe(by_partition, store, self.mh)
+        self.stats.update(candidate_pairs=removals.candidates, verified_pairs=removals.verified,
+                          files_bytes=sum(p.stat().st_size for p in self.dir.rglob("*") if p.is_file()))
+        res = removals.result(ids)
+        if report_f is not None:
+            _report(report_f, files, ids, res)
+        gone = ~res.keep
+        return _Removed(cat(self._pos, np.int64)[gone], cat(self._kinds, np.uint8)[gone],
+                        cat(self._targets, np.int64)[gone])
 
 
 def _report(f: IO[bytes], files: list[str], doc_ids: np.ndarray, mh: Any) -> None:
@@ -353,12 +450,18 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
     try:
         exact = ExactDeduper() if cfg.dedupe.exact else None
         minhash = None
+        near_shuffle: _NearShuffle | None = None
         if cfg.dedupe.minhash is not None:
             from .minhash import MinHashDeduper, take_sets
 
-            # exact verification keeps the kept documents' shingle sets in a memory-mapped file
-            # of the work folder (removed with it), not in the heap
-            minhash = MinHashDeduper(cfg.dedupe.minhash, sets_file=work / "minhash-sets.u32")
+            shuffle = _near_method(cfg) == "shuffle"
+            # stream: exact verification keeps the kept documents' shingle sets in a
+            # memory-mapped file of the work folder (removed with it), not in the heap;
+            # shuffle: the deduper only resolves the parameters, the work goes to NearShuffle
+            minhash = MinHashDeduper(cfg.dedupe.minhash,
+                                     sets_file=None if shuffle else work / "minhash-sets.u32")
+            if shuffle:
+                near_shuffle = _NearShuffle(cfg, work, workers)
             if cfg.dedupe.report:
                 report_tmp = Path(cfg.dedupe.report).with_name(f".{Path(cfg.dedupe.report).name}.tmp")
                 report_f = open(report_tmp, "wb")
@@ -399,17 +502,28 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
                 doc_ids = (np.int64(f) << np.int64(40)) | (off + res.lines[idx])
                 sets = (take_sets((res.set_values, res.set_offsets), idx)
                         if res.set_values is not None and res.set_offsets is not None else None)
-                mh = minhash.add(res.signatures[idx], doc_ids, sets)
-                keep[idx] = mh.keep
-                counts["near_duplicates"] += int(len(idx) - mh.keep.sum())
-                if report_f is not None:
-                    _report(report_f, files, doc_ids, mh)
+                if near_shuffle is not None:  # decided after the last task, by the shuffle
+                    near_shuffle.add(res, idx, doc_ids, sets, spill.docs)
+                else:
+                    mh = minhash.add(res.signatures[idx], doc_ids, sets)
+                    keep[idx] = mh.keep
+                    counts["near_duplicates"] += int(len(idx) - mh.keep.sum())
+                    if report_f is not None:
+                        _report(report_f, files, doc_ids, mh)
             kinds += np.bincount(res.kinds[keep], minlength=len(KIND_NAMES))
             target_tokens += int(res.targets[keep].sum())
             text_chars += res.text_chars
             spill.append_task(res, keep)
             progress.update(counts["records_read"], text_chars, spill.tokens)
         seconds["tasks_wall"] = time.perf_counter() - t_tasks
+        if near_shuffle is not None:
+            t = time.perf_counter()
+            removed = near_shuffle.resolve(report_f, files)
+            spill.drop(removed.positions)
+            counts["near_duplicates"] += len(removed.positions)
+            kinds -= np.bincount(removed.kinds, minlength=len(KIND_NAMES))
+            target_tokens -= int(removed.targets.sum())
+            seconds["minhash_shuffle"] = time.perf_counter() - t
 
         # ---- pack -------------------------------------------------------------------------
         progress.message("packing")
@@ -478,11 +592,17 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
                     "dropped_token_share": round(packing.tokens_dropped / max(packing.tokens_in, 1), 6)}
         dedupe_out: dict[str, Any] = {"exact": cfg.dedupe.exact,
                                       "exact_index_bytes": exact.nbytes if exact else 0}
+        # how near duplicates were found depends on the method, what was found does not: the
+        # manifest holds the parameters, the run's stats the method's costs
+        near_out: dict[str, Any] = {}
         if minhash is not None:
             dedupe_out["minhash"] = minhash.params()
-            dedupe_out["minhash_index_bytes"] = minhash.nbytes
-            dedupe_out["minhash_bytes_per_doc"] = round(minhash.nbytes / max(minhash.docs_indexed, 1), 1)
-            dedupe_out["minhash_sets_file_bytes"] = minhash.sets_file_bytes
+            if near_shuffle is not None:
+                near_out = near_shuffle.stats
+            else:
+                near_out = {"method": "stream", "index_bytes": minhash.nbytes,
+                            "bytes_per_doc": round(minhash.bytes_per_doc, 1),
+                            "sets_file_bytes": minhash.sets_file_bytes}
         manifest = writer.finish({
             "fastprep_version": __version__,
             "tokenizer": {**bundle.describe(), "file": "tokenizer.json"},
@@ -498,7 +618,7 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
         progress.close()
         stats = PrepareStats(out=str(out), counts=count_out, packing=pack_out,
                              seconds={k: round(v, 3) for k, v in seconds.items()}, manifest=manifest,
-                             notes=notes)
+                             notes=notes, near_dedupe=near_out)
         shutil.rmtree(work, ignore_errors=True)
         return stats
     except BaseException as e:

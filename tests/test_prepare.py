@@ -355,9 +355,9 @@ def test_minhash_removes_planted_near_duplicates_with_report(tmp_path: Path, tok
     m = json.loads((tmp_path / "o1" / "manifest.json").read_text())
     assert m["dedupe"]["minhash"]["bands"] * m["dedupe"]["minhash"]["rows"] <= 128
     assert m["dedupe"]["minhash"]["verify"] == "exact"
-    assert m["dedupe"]["minhash_bytes_per_doc"] > 0
+    assert stats.near_dedupe["method"] == "stream" and stats.near_dedupe["bytes_per_doc"] > 0
     # the kept documents' sets went to a file in the work folder, removed at the end
-    assert m["dedupe"]["minhash_sets_file_bytes"] > 60 * 150 * 4
+    assert stats.near_dedupe["sets_file_bytes"] > 60 * 150 * 4
     assert not (tmp_path / "o1" / ".fastprep-work").exists()
     dd2 = DedupeConfig(minhash=MinHashConfig(threshold=0.8, verify="signature"))
     stats2 = prepare(config([p], tmp_path / "o2", tokenizer_dir, dedupe=dd2, seq_len=512, workers=2,
@@ -366,8 +366,20 @@ def test_minhash_removes_planted_near_duplicates_with_report(tmp_path: Path, tok
     h1, h2 = file_hashes(tmp_path / "o1"), file_hashes(tmp_path / "o2")
     assert h1.pop("manifest.json") != h2.pop("manifest.json")  # configs differ (verify mode)
     assert h1 == h2
-    m2 = json.loads((tmp_path / "o2" / "manifest.json").read_text())
-    assert m2["dedupe"]["minhash_sets_file_bytes"] == 0
+    assert stats2.near_dedupe["sets_file_bytes"] == 0
+    # the band-shuffle method (what Ray runs) decides exactly like the driver's index: same
+    # removals, same report, same shards
+    report3 = tmp_path / "dups3.jsonl"
+    dd3 = DedupeConfig(minhash=MinHashConfig(threshold=0.8), report=str(report3), near_method="shuffle")
+    stats3 = prepare(config([p], tmp_path / "o3", tokenizer_dir, dedupe=dd3, seq_len=512, workers=2,
+                            task_bytes=20000))
+    assert stats3.counts == stats.counts
+    assert report3.read_bytes() == report.read_bytes()
+    assert stats3.near_dedupe["method"] == "shuffle"
+    assert stats3.near_dedupe["verified_pairs"] >= len(planted)
+    h3 = file_hashes(tmp_path / "o3")
+    h3.pop("manifest.json")
+    assert h3 == h1
 
 
 def test_minhash_resume_reuses_saved_signatures_and_sets(tmp_path: Path, tokenizer_dir: Path,

@@ -1,4 +1,5 @@
-"""The Ray executor gives byte-identical datasets to the local executor (local Ray, 2 CPUs)."""
+"""The Ray executor (tasks, and the MinHash band shuffle) gives byte-identical datasets to the local
+executor (local Ray, 2 CPUs)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ def test_ray_executor_matches_local_executor(tmp_path: Path, tokenizer_dir: Path
     finally:
         ray.shutdown()
     assert distributed.counts == local.counts
+    # under Ray the MinHash decisions come from the band shuffle run as Ray tasks, locally from
+    # the driver's streaming index: the same removals either way
+    assert (local.near_dedupe["method"], distributed.near_dedupe["method"]) == ("stream", "shuffle")
+    assert distributed.near_dedupe["verified_pairs"] >= local.counts["near_duplicates"]
     assert hashes(tmp_path / "ray") == hashes(tmp_path / "local")
     q = [json.loads(x) for x in (tmp_path / "ray" / "quarantine.jsonl").read_text().splitlines()]
     assert [(Path(x["source"]).name, x["line"]) for x in q] == [("a.jsonl", 201)]
