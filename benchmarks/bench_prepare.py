@@ -26,7 +26,8 @@ denominator of every MB/s) with the same tokenizer:
 Method: every measurement runs in a fresh subprocess (so thread variables apply and memory is its
 own). Peak RSS is ``ru_maxrss`` of that subprocess from ``wait4`` (the largest single process of
 its tree; what ``getrusage(RUSAGE_CHILDREN)`` reports) and, because several processes add up,
-the peak of the tree's summed PSS sampled every 0.1 s from ``/proc/*/smaps_rollup``. Before
+the peak of the tree's summed PSS sampled every second from ``/proc/*/smaps_rollup`` (sampling
+every 0.1 s cost ~10% of a core and slowed the timed command). Before
 timing, one burn-in round runs every case on a 2 MB slice (numba cache, page cache, imports); the
 timed rounds then interleave the cases (case A, B, C, A, B, C, ...) so background load hits them
 alike, and the table shows medians of ``--repeats``. The Python-level pipelines (limit, hf-*)
@@ -168,8 +169,13 @@ class TreeSampler(threading.Thread):
             todo.extend(kids.get(p, ()))
         return out
 
+    # Once a second: a sample costs ~3 ms to list /proc plus ~2.7 ms per smaps_rollup of a
+    # 300 MB process (measured here), so sampling every 0.1 s took ~10% of one core from the
+    # command being timed, more for the cases with more memory (MinHash). ru_maxrss is exact.
+    INTERVAL = 1.0
+
     def run(self) -> None:
-        while not self._stop_evt.wait(0.1):
+        while not self._stop_evt.wait(self.INTERVAL):
             total = 0
             for p in self._tree():
                 try:

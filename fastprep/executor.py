@@ -11,6 +11,13 @@
 
 Either way the parent consumes results strictly in task order, so deduplication, line numbers
 and output do not depend on the executor or its size.
+
+Many cores: processes, not one big tokenizer pool, because each process has its own interpreter
+and rayon pool and shares nothing but the input files. The serial part is the parent, which
+touches every document once (dedupe in input order, spill, pack, write);
+``benchmarks/bench_stages.py`` measures its CPU per MB against a worker's, which gives the number
+of workers one parent keeps busy. Beyond that, ``--executor ray`` moves MinHash out of the parent
+(:mod:`fastprep.lsh_shuffle`).
 """
 
 from __future__ import annotations
