@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,21 +46,34 @@ def _largest_first(tasks: list[Task]) -> list[Task]:
     return sorted(tasks, key=lambda t: (-t.size, t.index))
 
 
+def _run_saved(task: Task, cfg: PrepareConfig, work: str) -> int:
+    """Run a task in a worker; its result goes to the work folder (as it always does, for resume),
+    not back through the pool's pipe."""
+    run_task(task, cfg, work)
+    return task.index
+
+
 def local_results(tasks: list[Task], cfg: PrepareConfig, work: Path, workers: int,
-                  done: dict[int, TaskResult]) -> Iterator[TaskResult]:
+                  done: set[int], load: Callable[[Task], TaskResult]) -> Iterator[TaskResult]:
+    """Workers run tasks largest first but the parent consumes them in task order, so finished
+    results wait. They wait on disk (the task's saved .npz/.json, in the page cache) and are
+    loaded one at a time when their turn comes: the parent's memory does not grow with the number
+    of tasks finished early (signatures and shingle sets are ~0.5-1 KB per document)."""
     todo = [t for t in tasks if t.index not in done]
     if workers == 1 or len(todo) <= 1:
         for t in tasks:
-            yield done.pop(t.index) if t.index in done else run_task(t, cfg, str(work))
+            yield load(t) if t.index in done else run_task(t, cfg, str(work))
         return
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, available_cores() // workers)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
-                               initargs=(threads,))
+                               initargs=(threads, os.getpid()))
     try:
-        futures = {t.index: pool.submit(run_task, t, cfg, str(work)) for t in _largest_first(todo)}
+        futures = {t.index: pool.submit(_run_saved, t, cfg, str(work)) for t in _largest_first(todo)}
         for t in tasks:
-            yield done.pop(t.index) if t.index in done else futures.pop(t.index).result()
+            if t.index not in done:
+                futures.pop(t.index).result()
+            yield load(t)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -69,8 +82,8 @@ def _ray_task(task: Task, cfg: PrepareConfig, work: str) -> TaskResult:
     return run_task(task, cfg, work)
 
 
-def ray_results(tasks: list[Task], cfg: PrepareConfig, work: Path,
-                done: dict[int, TaskResult]) -> Iterator[TaskResult]:
+def ray_results(tasks: list[Task], cfg: PrepareConfig, work: Path, done: set[int],
+                load: Callable[[Task], TaskResult]) -> Iterator[TaskResult]:
     try:
         import ray
     except ImportError:
@@ -86,7 +99,7 @@ def ray_results(tasks: list[Task], cfg: PrepareConfig, work: Path,
     try:
         for t in tasks:
             if t.index in done:
-                yield done.pop(t.index)
+                yield load(t)
                 continue
             try:
                 yield ray.get(refs.pop(t.index))
@@ -99,8 +112,9 @@ def ray_results(tasks: list[Task], cfg: PrepareConfig, work: Path,
 
 
 def task_results(tasks: list[Task], cfg: PrepareConfig, work: Path, workers: int,
-                 done: dict[int, TaskResult]) -> Iterator[TaskResult]:
-    """Results strictly in task order (``done``: results an interrupted run saved)."""
+                 done: set[int], load: Callable[[Task], TaskResult]) -> Iterator[TaskResult]:
+    """Results strictly in task order (``done``: tasks whose results an interrupted run saved,
+    read with ``load``)."""
     if cfg.executor == "ray":
-        return ray_results(tasks, cfg, work, done)
-    return local_results(tasks, cfg, work, workers, done)
+        return ray_results(tasks, cfg, work, done, load)
+    return local_results(tasks, cfg, work, workers, done, load)

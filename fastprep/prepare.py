@@ -42,7 +42,7 @@ from .quarantine import Quarantine
 from .read import ReadConfig, expand_paths, file_kind, file_sizes
 from .records import KIND_NAMES, RecordConfig
 from .executor import available_cores, task_results
-from .tasks import TaskResult, TaskStrictError, _write_ones, load_result, plan_tasks
+from .tasks import Task, TaskResult, TaskStrictError, _write_ones, load_result, plan_tasks
 from .tokenize import TokenizeConfig, TokenizerBundle
 from .write import ShardWriter, atomic_write_bytes
 
@@ -473,10 +473,18 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
         line_offset = [0] * len(files)  # lines consumed so far per file, for byte-range tasks
 
         t_tasks = time.perf_counter()
-        done = {t.index: r for t in tasks if (r := load_result(t, work, ids_dt.itemsize)) is not None}
+        done = {t.index for t in tasks if load_result(t, work, ids_dt.itemsize) is not None}
         if done:
             notes.append(f"resumed an interrupted run: {len(done)} of {len(tasks)} tasks were already done")
-        results = task_results(tasks, cfg, work, workers, done)
+
+        def load(task: Task) -> TaskResult:
+            r = load_result(task, work, ids_dt.itemsize)
+            if r is None:
+                raise RuntimeError(f"the saved result of task {task.index} ({task.path}) is missing "
+                                   f"or inconsistent in {work}; was the folder changed during the run?")
+            return r
+
+        results = task_results(tasks, cfg, work, workers, done, load)
         while True:
             try:
                 res = next(results)

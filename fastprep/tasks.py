@@ -91,14 +91,22 @@ class TaskResult:
 _STATE: dict[str, Any] = {}
 
 
-def init_worker(threads: int) -> None:
+def init_worker(threads: int, parent: int | None = None) -> None:
     """Process-pool initializer: size the Rust pool before tokenizers is first used here, and exit
     when the parent dies (a pool worker blocked on its queue would otherwise outlive a parent
-    killed with SIGKILL, holding its task files and the terminal's pipes)."""
+    killed with SIGKILL, holding its task files and the terminal's pipes).
+
+    ``parent`` is the pid of the process that started the pool. It must come from there: a
+    parent killed while this worker was still starting (interpreter, imports: ~1 s) has already
+    been replaced by the reaper by the time this runs, and a watch that took ``os.getppid()``
+    here would wait for a change that never comes (the kill test found such orphans)."""
     import threading
     import time
 
-    parent = os.getppid()
+    if parent is None:
+        parent = os.getppid()
+    if os.getppid() != parent:
+        os._exit(1)
 
     def watch() -> None:
         while True:

@@ -82,3 +82,17 @@ def marked_processes(marker: str) -> list[int]:
             except OSError:
                 pass
     return found
+
+
+def test_worker_whose_parent_died_during_start_exits() -> None:
+    """A pool worker gets its parent's pid from the parent: if that parent died while the worker
+    was still importing, the worker exits in its initializer instead of waiting forever."""
+    code = ("import os, sys\n"
+            "from fastprep.tasks import init_worker\n"
+            "init_worker(1, parent=int(sys.argv[1]))\n"
+            "print('alive')\n")
+    gone = subprocess.run([sys.executable, "-c", code, "1"], capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 1 and "alive" not in gone.stdout
+    alive = subprocess.run([sys.executable, "-c", code, str(os.getpid())], capture_output=True,
+                           text=True, timeout=60)
+    assert alive.returncode == 0 and alive.stdout.strip() == "alive", alive.stderr
