@@ -306,6 +306,19 @@ def _max_doc_bytes(offsets: np.ndarray, d0: int, d1: int) -> int:
     return m
 
 
+@njit(cache=True, nogil=True)
+def _set_capacity(offsets: np.ndarray, char_ngrams: bool) -> np.ndarray:
+    """Prefix sums of the per-document shingle bound: b bytes give at most b character
+    shingles or (b + 1) // 2 word shingles."""
+    n = offsets.shape[0] - 1
+    cap = np.empty(n + 1, dtype=np.int64)
+    cap[0] = 0
+    for d in range(n):
+        b = offsets[d + 1] - offsets[d]
+        cap[d + 1] = cap[d] + (b if char_ngrams else (b + 1) // 2)
+    return cap
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def shingle_hashes(buf: np.ndarray, offsets: np.ndarray, ngram: int,
                    char_ngrams: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -314,11 +327,7 @@ def shingle_hashes(buf: np.ndarray, offsets: np.ndarray, ngram: int,
     bound sizes the first (parallel) pass."""
     n = offsets.shape[0] - 1
     counts = np.zeros(n + 1, dtype=np.int64)
-    cap = np.empty(n + 1, dtype=np.int64)
-    cap[0] = 0
-    for d in range(n):
-        b = offsets[d + 1] - offsets[d]
-        cap[d + 1] = cap[d] + (b if char_ngrams else (b + 1) // 2)
+    cap = _set_capacity(offsets, char_ngrams)
     tmp_out = np.empty(cap[n], dtype=np.uint64)
     tasks = (n + DOCS_PER_TASK - 1) // DOCS_PER_TASK
     for t in prange(tasks):
@@ -428,19 +437,6 @@ def _sorted_set_into(hashes: np.ndarray, count: int, out: np.ndarray, scratch: n
             out[m] = out[i]
             m += 1
     return m
-
-
-@njit(cache=True, nogil=True)
-def _set_capacity(offsets: np.ndarray, char_ngrams: bool) -> np.ndarray:
-    """Prefix sums of the per-document shingle bound: b bytes give at most b character
-    shingles or (b + 1) // 2 word shingles."""
-    n = offsets.shape[0] - 1
-    cap = np.empty(n + 1, dtype=np.int64)
-    cap[0] = 0
-    for d in range(n):
-        b = offsets[d + 1] - offsets[d]
-        cap[d + 1] = cap[d] + (b if char_ngrams else (b + 1) // 2)
-    return cap
 
 
 @njit(cache=True, nogil=True, parallel=True)

@@ -92,7 +92,13 @@ import numpy as np
 from numba import njit
 
 from fastprep import _minhash_kernels as K
-from fastprep.minhash import MinHashConfig, MinHashResult, ShingleSets, take_sets
+from fastprep.minhash import (
+    MinHashConfig,
+    MinHashResult,
+    ShingleSets,
+    check_sets,
+    take_sets,
+)
 
 __all__ = [
     "ROW_DTYPE",
@@ -404,16 +410,6 @@ def _gb(pairs: int) -> str:
 # document stores (what verification fetches)
 
 
-def _check_sets(sets: ShingleSets, n: int) -> ShingleSets:
-    vals, off = np.ascontiguousarray(sets[0]), np.ascontiguousarray(sets[1])
-    if (vals.dtype != np.uint32 or vals.ndim != 1 or off.dtype != np.int64
-            or off.shape != (n + 1,) or off[0] != 0 or off[-1] != vals.shape[0]):
-        raise ValueError(f"sets must be (uint32 values, int64 offsets [{n + 1}]) from "
-                         f"signatures_and_sets, got {vals.dtype} {vals.shape} / {off.dtype} "
-                         f"{off.shape}")
-    return vals, off
-
-
 def _check_store(doc_ids: np.ndarray, sigs: np.ndarray | None,
                  sets: ShingleSets | None) -> tuple[np.ndarray, np.ndarray | None,
                                                     ShingleSets | None]:
@@ -426,7 +422,7 @@ def _check_store(doc_ids: np.ndarray, sigs: np.ndarray | None,
         if sigs.dtype != np.uint32 or sigs.ndim != 2 or sigs.shape[0] != n:
             raise ValueError(f"sigs must be uint32 [{n}, K], got {sigs.dtype} {sigs.shape}")
     if sets is not None:
-        sets = _check_sets(sets, n)
+        sets = check_sets(sets, n)
     return doc_ids, sigs, sets
 
 
@@ -625,7 +621,7 @@ def verify_pairs(i_ids: np.ndarray, j_ids: np.ndarray, fetch: Fetch, cfg: MinHas
     if exact:
         if sets is None:
             raise ValueError("verify='exact' compares shingle sets: fetch must return them")
-        vals, off = _check_sets(sets, u.shape[0])
+        vals, off = check_sets(sets, u.shape[0])
         sigs_arr = np.zeros((1, 1), dtype=np.uint32)
     else:
         if sigs is None:

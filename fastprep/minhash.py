@@ -76,6 +76,7 @@ __all__ = [
     "MinHashDeduper",
     "MinHashResult",
     "candidate_probability",
+    "check_sets",
     "choose_bands",
     "concat_sets",
     "jaccard_exact",
@@ -396,12 +397,7 @@ class MinHashDeduper:
             if sets is None:
                 raise ValueError("verify='exact' compares shingle sets: pass the batch's sets "
                                  "from signatures_and_sets to add(sigs, doc_ids, sets)")
-            vals, off = np.ascontiguousarray(sets[0]), np.ascontiguousarray(sets[1])
-            if (vals.dtype != np.uint32 or vals.ndim != 1 or off.dtype != np.int64
-                    or off.shape != (n + 1,) or off[0] != 0 or off[-1] != vals.shape[0]):
-                raise ValueError(f"sets must be (uint32 values, int64 offsets [{n + 1}]) from "
-                                 f"signatures_and_sets, got {vals.dtype} {vals.shape} / "
-                                 f"{off.dtype} {off.shape}")
+            vals, off = check_sets(sets, n)
         return self._insert(sigs, K.band_keys(sigs, self._bands, self._rows), doc_ids, vals, off)
 
     @staticmethod
@@ -430,6 +426,18 @@ class MinHashDeduper:
         self._kept_ids[old:self._n_kept] = doc_ids[keep]
         match = np.where(keep, np.int64(-1), self._kept_ids[np.maximum(slot, 0)])
         return MinHashResult(keep=keep, match=match, similarity=sim)
+
+
+def check_sets(sets: ShingleSets, n: int) -> ShingleSets:
+    """``sets`` as contiguous (uint32 values, int64 offsets [n + 1]), or a ValueError saying what
+    is wrong with them."""
+    vals, off = np.ascontiguousarray(sets[0]), np.ascontiguousarray(sets[1])
+    if (vals.dtype != np.uint32 or vals.ndim != 1 or off.dtype != np.int64
+            or off.shape != (n + 1,) or off[0] != 0 or off[-1] != vals.shape[0]):
+        raise ValueError(f"sets must be (uint32 values, int64 offsets [{n + 1}]) from "
+                         f"signatures_and_sets, got {vals.dtype} {vals.shape} / {off.dtype} "
+                         f"{off.shape}")
+    return vals, off
 
 
 def take_sets(sets: ShingleSets, idx: np.ndarray) -> ShingleSets:
