@@ -425,7 +425,12 @@ def _sort_u32(a: np.ndarray, n: int, scratch: np.ndarray, hist: np.ndarray) -> N
 def _sorted_set_into(hashes: np.ndarray, count: int, out: np.ndarray, scratch: np.ndarray,
                      hist: np.ndarray) -> int:
     """Write the distinct high 32 bits of ``hashes[:count]``, ascending, to ``out``; returns how
-    many. ``scratch`` (uint32, >= count) and ``hist`` (int64 [256]) are caller-owned scratch."""
+    many. ``scratch`` (uint32, >= count) and ``hist`` (int64 [256]) are caller-owned scratch.
+
+    A shingle is identified by the high 32 bits of its 64-bit hash. Two distinct shingles
+    collide with probability 2**-32, so for two documents of 10k shingles each the expected
+    spurious matches are 10k * 10k / 2**32 = 0.02, a Jaccard error of ~1e-6; half the bytes of
+    64-bit sets, which the worker processes ship and the driver keeps."""
     if count == 0:
         return 0
     for i in range(count):
@@ -449,7 +454,7 @@ def minhash_signatures(buf: np.ndarray, offsets: np.ndarray, ngram: int, char_ng
 
     Parallel over tasks of DOCS_PER_TASK documents, each with its own scratch (threads share only
     the read-only input; a per-document allocation of 8 bytes per input byte cost more than the
-    hashing on long documents). Band keys and the sets (see :func:`sorted_unique_sets`) come
+    hashing on long documents). Band keys and the sets come
     from the same pass over the text: on a busy machine every extra parallel region costs a
     scheduler time slice (~10 ms measured) to gather threads, and the shingles are hashed once.
     """
@@ -542,32 +547,9 @@ def band_keys_reference(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
 # exact Jaccard on sorted unique shingle sets
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def sorted_unique_sets(hashes: np.ndarray, hoff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per document, the sorted set of its shingles: (values uint32, offsets int64 [n + 1]).
-
-    A shingle is identified by the high 32 bits of its 64-bit hash. Two distinct shingles
-    collide with probability 2**-32, so for two documents of 10k shingles each the expected
-    spurious matches are 10k * 10k / 2**32 = 0.02, a Jaccard error of ~1e-6; half the bytes of
-    64-bit sets, which the worker processes ship and the driver keeps."""
-    n = hoff.shape[0] - 1
-    tmp = np.empty(hashes.shape[0], dtype=np.uint32)
-    counts = np.zeros(n + 1, dtype=np.int64)
-    for d in prange(n):
-        s = hoff[d]
-        e = hoff[d + 1]
-        counts[d + 1] = _sorted_set_into(hashes[s:e], e - s, tmp[s:e],
-                                         np.empty(e - s, dtype=np.uint32),
-                                         np.empty(256, dtype=np.int64))
-    off = np.cumsum(counts)
-    out = np.empty(off[n], dtype=np.uint32)
-    for d in prange(n):
-        out[off[d]:off[d + 1]] = tmp[hoff[d]:hoff[d] + counts[d + 1]]
-    return out, off
-
-
 def sorted_unique_sets_reference(hashes: list[int]) -> list[int]:
-    """Pure-Python twin of :func:`sorted_unique_sets` for one document's shingle hashes."""
+    """Pure-Python twin of the shingle sets :func:`minhash_signatures` builds, for one document's
+    shingle hashes."""
     return sorted({h >> 32 for h in hashes})
 
 

@@ -240,11 +240,14 @@ def signatures_and_sets(texts: Texts, cfg: MinHashConfig
 
 def shingle_sets(texts: Texts, cfg: MinHashConfig) -> ShingleSets:
     """Per document, its distinct shingles as sorted 32-bit ids (the high half of each 64-bit
-    shingle hash): (values uint32, offsets int64 [n + 1])."""
+    shingle hash): (values uint32, offsets int64 [n + 1]). The kernel the workers use, with no
+    permutations: one code path builds every set that is compared."""
     buf, offsets = _utf8(texts)
+    none = np.zeros(0, dtype=np.uint64)
     with numba.parallel_chunksize(_CHUNK):
-        hashes, hoff = K.shingle_hashes(buf, offsets, cfg.ngram, cfg.char_ngrams)
-        return K.sorted_unique_sets(hashes, hoff)
+        _, _, vals, off = K.minhash_signatures(buf, offsets, cfg.ngram, cfg.char_ngrams, none,
+                                               none, 0, 0, True)
+    return vals, off
 
 
 def jaccard_exact(a: str, b: str, cfg: MinHashConfig) -> float:
