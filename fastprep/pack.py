@@ -239,7 +239,8 @@ def _empty_rows(n: int, seq_len: int, dtype: np.dtype) -> np.ndarray:
 
 def fill_rows(plan: PackPlan, tokens: np.ndarray, doc_offsets: np.ndarray, row_lo: int,
               row_hi: int, *, pad_id: int, ids_dtype: npt.DTypeLike, seg_dtype: npt.DTypeLike,
-              loss_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+              loss_mask: np.ndarray | None = None,
+              out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Materialise rows ``[row_lo, row_hi)`` of ``plan``.
 
     Document ``d`` is ``tokens[doc_offsets[d]:doc_offsets[d+1]]`` (``tokens`` may be a read-only
@@ -249,6 +250,10 @@ def fill_rows(plan: PackPlan, tokens: np.ndarray, doc_offsets: np.ndarray, row_l
     loss mask was given. Cost: one numba pass over the block, O(n x L), writing every output
     byte once; the checks here are O(pieces of the block), so filling a large plan block by
     block costs no more than filling it at once.
+
+    ``out`` (from :func:`row_buffers`, at least ``n`` rows): fill its first ``n`` rows and return
+    views of them instead of allocating fresh arrays, so a loop over blocks reuses one block's
+    memory (the returned views are overwritten by the next call).
     """
     K = _kernels()
     tokens = np.asarray(tokens)  # a memmap becomes a plain view of the same pages, no copy
@@ -268,12 +273,41 @@ def fill_rows(plan: PackPlan, tokens: np.ndarray, doc_offsets: np.ndarray, row_l
         raise ValueError("doc_offsets disagree with the lengths the plan was made from: a piece "
                          "runs past the end of its document")
     n, L = row_hi - row_lo, plan.seq_len
-    out = {"input_ids": _empty_rows(n, L, ids_dt), "segment_ids": _empty_rows(n, L, seg_dt)}
-    out_loss = _empty_rows(n if mask is not None else 0, L, np.dtype(np.uint8))
+    if out is None:
+        out = row_buffers(n, L, ids_dt, seg_dt, loss_mask=mask is not None)
+    rows = _check_out(out, n, L, ids_dt, seg_dt, mask is not None)
     K.fill_rows(docs, starts, sizes, plan.piece_row[lo_k:hi_k], plan.piece_offset[lo_k:hi_k],
                 plan.piece_segment[lo_k:hi_k], row_lo, tokens, doc_offsets,
                 mask if mask is not None else np.zeros(0, np.uint8), int(pad_id),
-                out["input_ids"], out["segment_ids"], out_loss)
-    if mask is not None:
-        out["loss_mask"] = out_loss
-    return out
+                rows["input_ids"], rows["segment_ids"],
+                rows["loss_mask"] if mask is not None else np.zeros((0, L), np.uint8))
+    return rows
+
+
+def row_buffers(n: int, seq_len: int, ids_dtype: npt.DTypeLike, seg_dtype: npt.DTypeLike, *,
+                loss_mask: bool = False) -> dict[str, np.ndarray]:
+    """Uninitialised ``[n, seq_len]`` output arrays for :func:`fill_rows` (``input_ids``,
+    ``segment_ids`` and, with ``loss_mask``, ``loss_mask`` uint8), 2 MiB aligned."""
+    bufs = {"input_ids": _empty_rows(n, seq_len, np.dtype(ids_dtype)),
+            "segment_ids": _empty_rows(n, seq_len, np.dtype(seg_dtype))}
+    if loss_mask:
+        bufs["loss_mask"] = _empty_rows(n, seq_len, np.dtype(np.uint8))
+    return bufs
+
+
+def _check_out(out: dict[str, np.ndarray], n: int, L: int, ids_dt: np.dtype, seg_dt: np.dtype,
+               mask: bool) -> dict[str, np.ndarray]:
+    """The first ``n`` rows of each buffer ``fill_rows`` writes, after checking they fit."""
+    want = {"input_ids": ids_dt, "segment_ids": seg_dt}
+    if mask:
+        want["loss_mask"] = np.dtype(np.uint8)
+    rows = {}
+    for name, dt in want.items():
+        a = out.get(name)
+        if (a is None or a.dtype != dt or a.ndim != 2 or a.shape[0] < n or a.shape[1] != L
+                or not a.flags.c_contiguous or not a.flags.writeable):
+            got = "missing" if a is None else f"{a.dtype} {a.shape}"
+            raise ValueError(f"out[{name!r}] must be a writable C-contiguous {dt} array of at "
+                             f"least {n} rows x {L}, got {got}")
+        rows[name] = a[:n]
+    return rows

@@ -26,6 +26,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -36,7 +37,7 @@ from . import __version__
 from .clean import CleanConfig
 from .dedupe import DedupeConfig, ExactDeduper
 from .format import MANIFEST, ids_dtype, segment_dtype
-from .pack import PackConfig, fill_rows, plan
+from .pack import PackConfig, fill_rows, plan, row_buffers
 from .progress import Progress
 from .quarantine import Quarantine
 from .read import ReadConfig, expand_paths, file_kind, file_sizes
@@ -265,7 +266,9 @@ class _TokenSpill:
             return np.concatenate(parts) if parts else np.zeros(0, np.int64)
         planned = cat(self._planned)
         planned[cat(self._dropped)] = 0
-        return cat(self._lengths), planned, self._mask is not None
+        lengths = cat(self._lengths)
+        self._lengths, self._planned, self._dropped = [], [], []  # held once, by the caller
+        return lengths, planned, self._mask is not None
 
     def close(self) -> None:
         self._ids.close()
@@ -373,23 +376,36 @@ def _report(f: IO[bytes], files: list[str], doc_ids: np.ndarray, mh: Any) -> Non
                               "similarity": round(float(mh.similarity[i]), 4)}) + b"\n")
 
 
-def _block_plan(packing: Any, doc_offsets: np.ndarray, lo: int, hi: int
-                ) -> tuple[Any, np.ndarray, np.ndarray]:
-    """The pieces of rows [lo, hi) with documents renumbered 0..m-1 in spill order, plus the
-    spill offset and length of each of those m documents."""
+def _block_pieces(packing: Any, doc_offsets: np.ndarray, lo: int, hi: int
+                  ) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The pieces of rows [lo, hi) as a plan of their own in which every piece is a document:
+    piece ``i`` becomes document ``rank[i]``, its rank in spill order. Returns that plan and the
+    spill offset and length of each of those documents, in that (ascending) order.
+
+    Only the pieces' own tokens are read, never whole documents, so one block reads at most
+    ``(hi - lo) x L`` tokens whatever the document lengths (a document split over many rows is
+    read piece by piece, not once per block it reaches); pieces that continue one another in
+    the spill merge into one read."""
     a, b = (int(k) for k in np.searchsorted(packing.piece_row, [lo, hi]))
-    docs, local_doc = np.unique(packing.piece_doc[a:b], return_inverse=True)
+    lens = packing.piece_len[a:b]
+    spill = doc_offsets[packing.piece_doc[a:b]] + packing.piece_start[a:b]
+    order = np.argsort(spill, kind="stable")
+    rank = np.empty(b - a, dtype=np.int64)
+    rank[order] = np.arange(b - a, dtype=np.int64)
     sub = dataclasses.replace(
-        packing, piece_doc=local_doc.astype(np.int64), piece_start=packing.piece_start[a:b],
-        piece_len=packing.piece_len[a:b], piece_row=packing.piece_row[a:b],
-        piece_offset=packing.piece_offset[a:b], piece_segment=packing.piece_segment[a:b])
-    return sub, doc_offsets[docs], doc_offsets[docs + 1] - doc_offsets[docs]
+        packing, piece_doc=rank, piece_start=np.zeros(b - a, np.int64), piece_len=lens,
+        piece_row=packing.piece_row[a:b], piece_offset=packing.piece_offset[a:b],
+        piece_segment=packing.piece_segment[a:b])
+    return sub, spill[order], lens[order]
 
 
-def _read_ranges(f: IO[bytes], starts: np.ndarray, lens: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Concatenate ``f[start:start+len]`` (in elements) for sorted ranges, merging adjacent ones,
-    straight into one array (no intermediate copies)."""
-    out = np.empty(int(lens.sum()), dtype=dtype)
+def _read_ranges(f: IO[bytes], starts: np.ndarray, lens: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Concatenate ``f[start:start+len]`` (in elements of ``out``'s dtype) for ascending ranges
+    into the front of ``out``, merging adjacent ranges into one read; returns that front."""
+    total = int(lens.sum())
+    if total > out.shape[0]:
+        raise ValueError(f"a block needs {total} tokens, more than its buffer of {out.shape[0]}")
+    out = out[:total]
     if not len(lens):
         return out
     ends = starts + lens
@@ -399,7 +415,7 @@ def _read_ranges(f: IO[bytes], starts: np.ndarray, lens: np.ndarray, dtype: np.d
     last = np.concatenate([breaks, [len(lens)]]) - 1
     view = memoryview(out).cast("B")
     pos = 0
-    size = dtype.itemsize
+    size = out.dtype.itemsize
     for i, j in zip(first.tolist(), last.tolist()):
         nbytes = int(ends[j] - starts[i]) * size
         f.seek(int(starts[i]) * size)
@@ -407,6 +423,36 @@ def _read_ranges(f: IO[bytes], starts: np.ndarray, lens: np.ndarray, dtype: np.d
             raise OSError(f"token spill {f.name} is shorter than expected (truncated work file)")
         pos += nbytes
     return out
+
+
+def _row_blocks(packing: Any, doc_offsets: np.ndarray, ids_path: Path, mask_path: Path | None,
+                block: int, pad_id: int, ids_dt: np.dtype, seg_dt: np.dtype) -> Iterator[dict[str, np.ndarray]]:
+    """The rows of ``packing``, ``block`` rows at a time, filled from the token spill (and the
+    loss-mask spill when ``mask_path`` is given). Each yielded block is a view of buffers the
+    next block overwrites: write it before asking for the next.
+
+    Rows are shuffled, so a block needs pieces from all over the spill; they are read with
+    positioned reads into one compact buffer rather than through a memory map, whose
+    fault-around and read-ahead made the parent's RSS follow the spill size (measured: +72 MiB
+    file-backed at 212 MB of text). The buffers (pieces read, rows filled) are allocated once:
+    fresh ~8 MiB arrays per block left glibc's heap holding freed blocks (its mmap threshold
+    rises after the first free), so the parent's peak grew with the number of blocks (measured
+    119 -> 177 MiB anonymous for 4x the text, of which malloc_trim gave back 52 MiB at the end).
+    """
+    L = packing.seq_len
+    rows_buf = row_buffers(block, L, ids_dt, seg_dt, loss_mask=mask_path is not None)
+    ids_buf = np.empty(block * L, ids_dt)  # a block's pieces hold at most block x L tokens
+    mask_buf = np.empty(block * L if mask_path is not None else 0, np.uint8)
+    with open(ids_path, "rb") as ids_f, open(mask_path or os.devnull, "rb") as mask_f:
+        for lo in range(0, packing.n_rows, block):
+            hi = min(lo + block, packing.n_rows)
+            sub, starts, lens = _block_pieces(packing, doc_offsets, lo, hi)
+            tokens = _read_ranges(ids_f, starts, lens, ids_buf)
+            mask = _read_ranges(mask_f, starts, lens, mask_buf) if mask_path is not None else None
+            local = np.zeros(len(lens) + 1, dtype=np.int64)
+            np.cumsum(lens, out=local[1:])
+            yield fill_rows(sub, tokens, local, lo, hi, pad_id=pad_id, ids_dtype=ids_dt,
+                            seg_dtype=seg_dt, loss_mask=mask, out=rows_buf)
 
 
 def prepare(cfg: PrepareConfig) -> PrepareStats:
@@ -532,6 +578,22 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
             kinds -= np.bincount(removed.kinds, minlength=len(KIND_NAMES))
             target_tokens -= int(removed.targets.sum())
             seconds["minhash_shuffle"] = time.perf_counter() - t
+        dedupe_out: dict[str, Any] = {"exact": cfg.dedupe.exact,
+                                      "exact_index_bytes": exact.nbytes if exact else 0}
+        # how near duplicates were found depends on the method, what was found does not: the
+        # manifest holds the parameters, the run's stats the method's costs
+        near_out: dict[str, Any] = {}
+        if minhash is not None:
+            dedupe_out["minhash"] = minhash.params()
+            if near_shuffle is not None:
+                near_out = near_shuffle.stats
+            else:
+                near_out = {"method": "stream", "index_bytes": minhash.nbytes,
+                            "bytes_per_doc": round(minhash.bytes_per_doc, 1),
+                            "sets_file_bytes": minhash.sets_file_bytes}
+        # The indexes are done with: their per-document memory (exact: ~47 B, MinHash stream:
+        # ~2 KB per kept document) must not add to the plan's in the packing phase.
+        exact = minhash = near_shuffle = None
 
         # ---- pack -------------------------------------------------------------------------
         progress.message("packing")
@@ -539,7 +601,9 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
         lengths, planned, has_mask = spill.finish()
         doc_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=doc_offsets[1:])
+        del lengths
         packing = plan(planned, cfg.pack)  # removed duplicates have length 0: no piece
+        del planned
         seconds["pack"] = time.perf_counter() - t
 
         # ---- write ------------------------------------------------------------------------
@@ -550,22 +614,10 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
             dtypes["loss_mask"] = np.dtype(np.uint8)
         shard_rows = cfg.shard_rows or max(1, (256 << 20) // (L * ids_dt.itemsize))
         writer = ShardWriter(out, L, dtypes, shard_rows)
-        # ~4M tokens per block. Rows are shuffled, so a block needs pieces from all over the
-        # spill; they are read with positioned reads into one compact buffer rather than through
-        # a memory map, whose fault-around and read-ahead made the parent's RSS follow the spill
-        # size (measured: +72 MiB file-backed at 212 MB of text). Memory stays one block's worth.
-        block = max(1, min(shard_rows, (4 << 20) // L))
-        with open(spill.ids_path, "rb") as ids_f, \
-                (open(spill.mask_path, "rb") if has_mask else open(os.devnull, "rb")) as mask_f:
-            for lo in range(0, packing.n_rows, block):
-                hi = min(lo + block, packing.n_rows)
-                sub, starts, lens = _block_plan(packing, doc_offsets, lo, hi)
-                tokens = _read_ranges(ids_f, starts, lens, ids_dt)
-                mask = _read_ranges(mask_f, starts, lens, np.dtype(np.uint8)) if has_mask else None
-                local = np.zeros(len(lens) + 1, dtype=np.int64)
-                np.cumsum(lens, out=local[1:])
-                writer.add(fill_rows(sub, tokens, local, lo, hi, pad_id=bundle.pad_id,
-                                     ids_dtype=ids_dt, seg_dtype=seg_dt, loss_mask=mask))
+        for rows in _row_blocks(packing, doc_offsets, spill.ids_path,
+                                spill.mask_path if has_mask else None,
+                                max(1, min(shard_rows, (4 << 20) // L)), bundle.pad_id, ids_dt, seg_dt):
+            writer.add(rows)
         atomic_write_bytes(out / "tokenizer.json", bundle.json_bytes)
         quarantine.close()
         if report_f is not None:
@@ -598,19 +650,6 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
         pack_out = {"mode": cfg.pack.mode, "long_policy": cfg.pack.long_policy, "seq_len": L,
                     "efficiency": round(packing.efficiency, 6),
                     "dropped_token_share": round(packing.tokens_dropped / max(packing.tokens_in, 1), 6)}
-        dedupe_out: dict[str, Any] = {"exact": cfg.dedupe.exact,
-                                      "exact_index_bytes": exact.nbytes if exact else 0}
-        # how near duplicates were found depends on the method, what was found does not: the
-        # manifest holds the parameters, the run's stats the method's costs
-        near_out: dict[str, Any] = {}
-        if minhash is not None:
-            dedupe_out["minhash"] = minhash.params()
-            if near_shuffle is not None:
-                near_out = near_shuffle.stats
-            else:
-                near_out = {"method": "stream", "index_bytes": minhash.nbytes,
-                            "bytes_per_doc": round(minhash.bytes_per_doc, 1),
-                            "sets_file_bytes": minhash.sets_file_bytes}
         manifest = writer.finish({
             "fastprep_version": __version__,
             "tokenizer": {**bundle.describe(), "file": "tokenizer.json"},

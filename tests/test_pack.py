@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastprep import _pack_kernels as K
-from fastprep.pack import PackConfig, PackPlan, fill_rows, plan
+from fastprep.pack import PackConfig, PackPlan, fill_rows, plan, row_buffers
 
 STRIDE = 1 << 20  # token value = doc * STRIDE + position; test documents are shorter than this
 COMBOS = [("bfd", "split"), ("bfd", "truncate"), ("concat", "split"), ("pad", "split"),
@@ -406,11 +406,53 @@ def test_large_blocks_same_bytes_from_aligned_outputs() -> None:
     real = ids >= 0
     src = doc_offsets(lengths)[ids[real] // STRIDE] + ids[real] % STRIDE
     assert np.array_equal(lm[real], mask[src]) and np.all(lm[~real] == 0)
-    # a small block (under 4 MiB) is a plain array with the same rows
+    # a small block (under 4 MiB) has the same rows
     small = fill_rows(p, tokens, doc_offsets(lengths), 0, 3, pad_id=-1, ids_dtype=np.int64,
                       seg_dtype=np.int64)
-    assert small["input_ids"].base is None
+    assert small["input_ids"].shape == (3, L)
     assert np.array_equal(small["input_ids"], ids[:3])
+
+
+@pytest.mark.parametrize("mode", ["bfd", "concat", "pad"])
+def test_fill_rows_into_reused_buffers_equals_fresh(mode: str) -> None:
+    """Blocks filled into one reused (dirty) buffer equal blocks filled into fresh arrays: every
+    cell of the block's rows is rewritten, nothing of the previous block shows through."""
+    rng = np.random.default_rng(11)
+    L = 64
+    lengths = realistic_lengths(rng, 500, L)
+    p = plan(lengths, PackConfig(seq_len=L, mode=mode))
+    tokens, offsets = encoded_tokens(lengths), doc_offsets(lengths)
+    mask = (rng.random(tokens.size) < 0.5).astype(np.uint8)
+    kw = {"pad_id": -1, "ids_dtype": np.int64, "seg_dtype": np.int32, "loss_mask": mask}
+    block = 37
+    bufs = row_buffers(block, L, np.int64, np.int32, loss_mask=True)
+    for a in bufs.values():
+        a[...] = 99  # garbage a fresh np.empty could hold too
+    for lo in range(0, p.n_rows, block):
+        hi = min(lo + block, p.n_rows)
+        fresh = fill_rows(p, tokens, offsets, lo, hi, **kw)
+        reused = fill_rows(p, tokens, offsets, lo, hi, out=bufs, **kw)
+        assert set(reused) == set(fresh) == {"input_ids", "segment_ids", "loss_mask"}
+        for name, a in reused.items():
+            assert a.shape == (hi - lo, L) and np.shares_memory(a, bufs[name])
+            assert np.array_equal(a, fresh[name]), name
+
+
+def test_fill_rows_out_buffer_errors() -> None:
+    lengths = np.array([5, 9, 3])
+    p = plan(lengths, PackConfig(seq_len=16))
+    tokens, offsets = encoded_tokens(lengths), doc_offsets(lengths)
+    kw = {"pad_id": 0, "ids_dtype": np.uint16, "seg_dtype": np.uint16}
+    bad = [row_buffers(p.n_rows - 1, 16, np.uint16, np.uint16),   # too few rows
+           row_buffers(p.n_rows, 8, np.uint16, np.uint16),        # wrong L
+           row_buffers(p.n_rows, 16, np.uint32, np.uint16),       # wrong ids dtype
+           {"input_ids": np.zeros((p.n_rows, 16), np.uint16)}]    # segment_ids missing
+    for out in bad:
+        with pytest.raises(ValueError, match="out\\["):
+            fill_rows(p, tokens, offsets, 0, p.n_rows, out=out, **kw)
+    with pytest.raises(ValueError, match="loss_mask"):  # a mask to fill but no buffer for it
+        fill_rows(p, tokens, offsets, 0, p.n_rows, loss_mask=np.ones(tokens.size, np.uint8),
+                  out=row_buffers(p.n_rows, 16, np.uint16, np.uint16), **kw)
 
 
 # ------------------------------------------------------------------------------------------------
