@@ -596,7 +596,8 @@ def jaccard_sorted_reference(x: np.ndarray, y: np.ndarray) -> float:
 # (int32 slot of the newest kept document with that key, -1 = empty cell). Kept documents sharing
 # a band key are chained through nexts[slot, band] (int32, -1 = end), so a bucket never holds a
 # Python list and an insert is O(1). Slots number kept documents 0, 1, 2... in keep order;
-# kept_sigs[slot] is the signature used for verification.
+# kept_sigs[slot] is the signature used for verification (signature mode only; exact mode
+# passes a kept_sigs with no columns and verifies on kept_sets).
 
 
 @njit(cache=True, nogil=True)
@@ -686,7 +687,8 @@ def lsh_dedupe_batch(sigs: np.ndarray, keys: np.ndarray, need: int, threshold: f
         similarity[i] = 0.0
         slot = n_kept
         n_kept += 1
-        kept_sigs[slot] = sigs[i]
+        if not exact:  # exact mode verifies on the sets: kept_sigs has no columns there
+            kept_sigs[slot] = sigs[i]
         stamp[slot] = -1
         if exact:
             s = kept_set_off[slot]

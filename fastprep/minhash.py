@@ -37,13 +37,16 @@ makes the result independent of how the input is cut into batches. Among several
 matches the most similar is reported (ties: the earliest kept).
 
 Memory (``MinHashDeduper.nbytes``, allocated capacity, K = 128, 18 bands): per kept document
-512 B signature + 8 B doc id + 72 B chain links + 4 B verification stamp, plus 18 tables of
-12 B cells kept at most half full (cells are a power of two: 432-864 B per document); capacity
-is reserved for a whole batch and doubles, so 1.0-2.0 KB per kept document (1,912 B measured
-at 17.6k kept documents in 10k batches): 1M kept documents need 1-2 GB. ``verify="exact"`` also
-keeps every kept document's shingle set: 4 B per distinct shingle, about 4 B per word (~2 KB
-for a 500-word document). ``fastprep prepare`` keeps them in a memory-mapped file of its work
-folder (``sets_file``): disk and evictable page cache, not heap; the manifest records its size.
+8 B doc id + 72 B chain links + 4 B verification stamp, plus 18 tables of 12 B cells kept at
+most half full (cells are a power of two: 432-864 B per document), plus, with
+``verify="signature"`` only, the 512 B signature; capacity is reserved for a whole batch and
+doubles, so 0.5-1.0 KB per kept document with exact verification (764 B measured in
+``fastprep prepare`` at 22.5k kept documents; 1,511 B before kept signatures were dropped from
+exact mode) and 1.0-2.0 KB with ``verify="signature"`` (1,912 B measured at 17.6k kept
+documents in 10k batches). ``verify="exact"`` also keeps every kept document's shingle set: 4 B
+per distinct shingle, about 4 B per word (~2 KB for a 500-word document). ``fastprep prepare``
+keeps them in a memory-mapped file of its work folder (``sets_file``): disk and evictable page
+cache, not heap; ``prepare --json`` reports its size (``near_dedupe.sets_file_bytes``).
 
 Measured (``benchmarks/eval_minhash.py --docs 20000``: 20k stdlib paragraphs and generated near
 duplicates, 41 words/doc, on a shared 2-core AVX2 machine): the whole keep-first pass (text in,
@@ -285,7 +288,9 @@ class MinHashDeduper:
         self._exact = cfg.verify == "exact"
         cap = self._INITIAL_SLOTS
         self._n_kept = 0
-        self._kept_sigs = np.empty((cap, cfg.num_perm), dtype=np.uint32)
+        # exact verification never reads a kept signature: no columns (512 B per kept
+        # document less at K = 128); its rows still count the capacity
+        self._kept_sigs = np.empty((cap, 0 if self._exact else cfg.num_perm), dtype=np.uint32)
         self._kept_ids = np.empty(cap, dtype=np.int64)
         self._nexts = np.empty((cap, self._bands), dtype=np.int32)
         self._stamp = np.full(cap, -1, dtype=np.int32)

@@ -301,7 +301,7 @@ class _NearShuffle:
     the last task, every partition's candidate pairs are found and verified in parallel (Ray
     tasks, or in-process without Ray) and the keep-first resolution gives exactly the streaming
     index's decision. The driver keeps 17 B per MinHash'd document (id, spill position, kind)
-    plus 8 B for its target count, not the index's ~2 KB per kept document.
+    plus 8 B for its target count, not the index's ~0.8 KB per kept document.
     """
 
     def __init__(self, cfg: PrepareConfig, work: Path, workers: int) -> None:
@@ -592,7 +592,7 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
                             "bytes_per_doc": round(minhash.bytes_per_doc, 1),
                             "sets_file_bytes": minhash.sets_file_bytes}
         # The indexes are done with: their per-document memory (exact: ~47 B, MinHash stream:
-        # ~2 KB per kept document) must not add to the plan's in the packing phase.
+        # ~0.8 KB per kept document) must not add to the plan's in the packing phase.
         exact = minhash = near_shuffle = None
 
         # ---- pack -------------------------------------------------------------------------
