@@ -20,13 +20,16 @@ denominator of every MB/s) with the same tokenizer:
 - ``fastprep-<dedupe>-w<N>``: ``python -m fastprep prepare text.jsonl --dedupe none|exact|minhash
   --workers N --no-progress --json``, timed as the whole command (interpreter start, imports and
   numba cache loading included).
-- ``rss-<mb>``: ``fastprep prepare`` (default dedupe, all workers) on corpora of ``--rss-mb`` sizes,
-  once each: peak memory must not grow with the corpus.
+- ``rss-<dedupe>-<mb>``: ``fastprep prepare`` (``--rss-dedupe`` modes, default exact; all
+  workers) on corpora of ``--rss-mb`` sizes, once each: peak memory must not grow with the
+  corpus (target: the largest process at most 10% larger for the largest size; the rest is
+  reported in bytes per extra document).
 
 Method: every measurement runs in a fresh subprocess (so thread variables apply and memory is its
-own). Peak RSS is ``ru_maxrss`` of that subprocess from ``wait4`` (the largest single process of
-its tree; what ``getrusage(RUSAGE_CHILDREN)`` reports) and, because several processes add up,
-the peak of the tree's summed PSS sampled every second from ``/proc/*/smaps_rollup`` (sampling
+own). Peak RSS is the largest single process's ``VmHWM`` (the measured command reports its own as
+it exits; its descendants' are read every 0.1 s), not ``ru_maxrss``, which inherits the
+benchmark process's own peak (see :func:`vmhwm_kb`); and, because several processes add up, the
+peak of the tree's summed PSS sampled every second from ``/proc/*/smaps_rollup`` (sampling it
 every 0.1 s cost ~10% of a core and slowed the timed command). Before
 timing, one burn-in round runs every case on a 2 MB slice (numba cache, page cache, imports); the
 timed rounds then interleave the cases (case A, B, C, A, B, C, ...) so background load hits them
@@ -143,41 +146,87 @@ def child_hf(a: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- measuring
+def vmhwm_kb(pid: int | str = "self") -> int:
+    """Peak resident set of one process since its exec (``VmHWM``), in kB; 0 once it is gone.
+
+    Not ``ru_maxrss``: a forked child starts with a copy of its parent's high-water mark, and
+    Linux keeps the mark of the pre-exec address space, so a child's ``ru_maxrss`` (from
+    ``wait4`` or its own ``getrusage``) is at least its parent's peak RSS at the fork.
+    Measured here: ``python -c pass`` started from a parent holding 300 MiB reports 326 MiB;
+    this script's own process peaks at ~240-250 MiB (reading the corpus file to warm the page
+    cache), which was a floor under every "RSS" figure it printed before this was found."""
+    return _status_kb(pid, ("VmHWM:",))[0]
+
+
+def _status_kb(pid: int | str, keys: tuple[str, ...]) -> list[int]:
+    """Fields of ``/proc/<pid>/status`` in kB (0 when absent or the process is gone)."""
+    got = dict.fromkeys(keys, 0)
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k = line[:line.find(":") + 1]
+                if k in got:
+                    got[k] = int(line.split()[1])
+    except OSError:
+        pass
+    return [got[k] for k in keys]
+
+
+# The fastprep command, run through runpy so that it reports its own VmHWM as it exits (its
+# workers are spawned from ``-c``, so they do not run this again).
+FASTPREP = r"""
+import atexit, runpy, sys
+def _report():
+    with open("/proc/self/status") as f:
+        kb = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
+    print(f"VMHWM_KB {kb}", file=sys.stderr, flush=True)
+atexit.register(_report)
+sys.argv = ["fastprep"] + sys.argv[1:]
+runpy.run_module("fastprep", run_name="__main__")
+"""
+
+
 class TreeSampler(threading.Thread):
-    """Peak of the summed PSS of a process and all its descendants, sampled every 0.1 s."""
+    """Peaks of a process tree: every process's ``VmHWM`` (checked every 0.1 s: a few
+    ``/proc/<pid>/status`` reads) and the tree's summed PSS (every 1 s)."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.peak_kb, self._stop_evt = pid, 0, threading.Event()
+        self.hwm_kb: dict[int, int] = {}
+        self.anon_kb: dict[int, int] = {}  # sampled peak of RssAnon (heap, not file pages)
 
     def _tree(self) -> list[int]:
-        parent: dict[int, int] = {}
-        for d in os.listdir("/proc"):
-            if d.isdigit():
-                try:
-                    with open(f"/proc/{d}/stat") as f:
-                        parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    pass
         out, todo = [], [self.pid]
-        kids: dict[int, list[int]] = {}
-        for p, pp in parent.items():
-            kids.setdefault(pp, []).append(p)
         while todo:
             p = todo.pop()
             out.append(p)
-            todo.extend(kids.get(p, ()))
+            try:
+                for t in os.listdir(f"/proc/{p}/task"):
+                    with open(f"/proc/{p}/task/{t}/children") as f:
+                        todo.extend(int(x) for x in f.read().split())
+            except OSError:
+                pass
         return out
 
-    # Once a second: a sample costs ~3 ms to list /proc plus ~2.7 ms per smaps_rollup of a
-    # 300 MB process (measured here), so sampling every 0.1 s took ~10% of one core from the
-    # command being timed, more for the cases with more memory (MinHash). ru_maxrss is exact.
-    INTERVAL = 1.0
+    # PSS once a second: a sample costs ~2.7 ms per smaps_rollup of a 300 MB process (measured
+    # here), so sampling every 0.1 s took ~10% of one core from the command being timed.
+    INTERVAL = 0.1
+    PSS_EVERY = 10
 
     def run(self) -> None:
+        tick = 0
         while not self._stop_evt.wait(self.INTERVAL):
+            tick += 1
+            tree = self._tree()
+            for p in tree:
+                hwm, anon = _status_kb(p, ("VmHWM:", "RssAnon:"))
+                self.hwm_kb[p] = max(self.hwm_kb.get(p, 0), hwm)
+                self.anon_kb[p] = max(self.anon_kb.get(p, 0), anon)
+            if tick % self.PSS_EVERY:
+                continue
             total = 0
-            for p in self._tree():
+            for p in tree:
                 try:
                     with open(f"/proc/{p}/smaps_rollup") as f:
                         for line in f:
@@ -195,13 +244,15 @@ class TreeSampler(threading.Thread):
 
 
 def run_cmd(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
-    """Run one measurement; wall seconds, ru_maxrss (MiB), tree PSS peak (MiB), stdout."""
+    """Run one measurement: wall seconds, the largest process's peak RSS (``VmHWM``; the command
+    itself reports its own as it exits, its descendants are sampled), the tree's peak summed PSS
+    (MiB), stdout."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
         sampler = TreeSampler(p.pid)
         sampler.start()
-        _, status, ru = os.wait4(p.pid, 0)
+        _, status, _ = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
         p.returncode = os.waitstatus_to_exitcode(status)
         pss = sampler.stop()
@@ -210,7 +261,13 @@ def run_cmd(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
         stdout, stderr = out.read().decode(), err.read().decode()
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{stderr[-3000:]}")
-    return {"wall": wall, "maxrss_mb": ru.ru_maxrss / 1024, "pss_peak_mb": pss / 1024, "stdout": stdout}
+    own = [int(x.split()[1]) for x in stderr.splitlines() if x.startswith("VMHWM_KB ")]
+    if not own:
+        raise RuntimeError(f"{' '.join(cmd)} did not report its peak memory (VMHWM_KB)")
+    sampler.hwm_kb[p.pid] = own[-1]
+    return {"wall": wall, "maxrss_mb": max(sampler.hwm_kb.values()) / 1024,
+            "anon_peak_mb": max(sampler.anon_kb.values(), default=0) / 1024,
+            "pss_peak_mb": pss / 1024, "stdout": stdout}
 
 
 def case_list(only: set[str] | None, n_cores: int) -> list[dict[str, Any]]:
@@ -237,9 +294,11 @@ def measure(case: dict[str, Any], input_path: str, tok: str, work: Path) -> dict
     wd = Path(tempfile.mkdtemp(dir=work))
     try:
         if case["group"] == "fastprep":
-            cmd = [sys.executable, "-m", "fastprep", "prepare", input_path, "--tokenizer", tok,
+            cmd = [sys.executable, "-c", FASTPREP, "prepare", input_path, "--tokenizer", tok,
                    "--out", str(wd / "out"), "--dedupe", case["dedupe"], "--workers",
                    str(case["workers"]), "--no-progress", "--json"]
+            if case.get("near_method"):
+                cmd += ["--near-method", case["near_method"]]
             r = run_cmd(cmd, env)
             stats = json.loads(r["stdout"][r["stdout"].index("{"):])
             r.update(seconds=r["wall"], tokens=stats["counts"]["tokens"],
@@ -302,6 +361,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds; the table shows medians")
     ap.add_argument("--only", default="", help="comma-separated groups (limit,hf,fastprep,rss) or case names")
     ap.add_argument("--rss-mb", default="50,200", help="corpus sizes of the memory check")
+    ap.add_argument("--rss-dedupe", default="exact",
+                    help="comma-separated --dedupe modes of the memory check (exact is the "
+                         "default; minhash-shuffle adds --near-method shuffle)")
     ap.add_argument("--out-json", default="", help="write every raw figure here")
     ap.add_argument("--no-burn-in", action="store_true")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
@@ -314,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
         a.case = a.child
         res = child_limit(a) if a.child.startswith("limit") else child_hf(a)
         print(json.dumps(res))
+        print(f"VMHWM_KB {vmhwm_kb()}", file=sys.stderr, flush=True)
         return
 
     only = {s.strip() for s in a.only.split(",") if s.strip()} or None
@@ -405,20 +468,37 @@ def main(argv: list[str] | None = None) -> None:
     rss_rows: list[dict[str, Any]] = []
     if only is None or "rss" in only:
         sizes = [float(s) for s in a.rss_mb.split(",") if s.strip()]
-        print(f"\n## peak memory of fastprep prepare (exact dedupe, --workers {n_cores}) by corpus size, "
-              f"one run each")
-        print(f"{'text MB':>8}{'docs':>10}{'seconds':>9}{'MB/s':>7}{'RSS MiB':>9}{'PSS MiB':>9}")
-        for mb in sizes:
-            f2 = corpus_mod.build(mb)
-            m2 = corpus_mod.load_meta(f2)
-            (f2 / "text.jsonl").read_bytes()
-            c = {"name": f"rss-{mb:g}", "group": "fastprep", "dedupe": "exact", "workers": n_cores, "env": {}}
-            m = measure(c, str(f2 / "text.jsonl"), tok, work)
-            mbt = m2["text"]["text_bytes"] / 1e6
-            m.update(text_mb=mbt, load=loadavg())
-            rss_rows.append(m)
-            print(f"{mbt:>8.1f}{m2['text']['docs']:>10,}{m['seconds']:>9.1f}{mbt / m['seconds']:>7.2f}"
-                  f"{m['maxrss_mb']:>9.0f}{m['pss_peak_mb']:>9.0f}", flush=True)
+        for mode in a.rss_dedupe.split(","):
+            dedupe, _, near = mode.partition("-")  # minhash-shuffle: --near-method shuffle
+            flags = f"--dedupe {dedupe}" + (f" --near-method {near}" if near else "")
+            print(f"\n## peak memory of fastprep prepare ({flags}, --workers {n_cores}) by corpus "
+                  f"size, one run each (RSS: largest process; anon: its heap part, sampled)")
+            print(f"{'text MB':>8}{'docs':>10}{'seconds':>9}{'MB/s':>7}{'RSS MiB':>9}{'anon MiB':>9}"
+                  f"{'PSS MiB':>9}")
+            case_rows = []
+            for mb in sizes:
+                f2 = corpus_mod.build(mb)
+                m2 = corpus_mod.load_meta(f2)
+                (f2 / "text.jsonl").read_bytes()
+                c = {"name": f"rss-{mode}-{mb:g}", "group": "fastprep", "dedupe": dedupe,
+                     "near_method": near, "workers": n_cores, "env": {}}
+                m = measure(c, str(f2 / "text.jsonl"), tok, work)
+                mbt = m2["text"]["text_bytes"] / 1e6
+                m.update(text_mb=mbt, docs=m2["text"]["docs"], mode=mode, load=loadavg())
+                case_rows.append(m)
+                print(f"{mbt:>8.1f}{m2['text']['docs']:>10,}{m['seconds']:>9.1f}{mbt / m['seconds']:>7.2f}"
+                      f"{m['maxrss_mb']:>9.0f}{m['anon_peak_mb']:>9.0f}{m['pss_peak_mb']:>9.0f}",
+                      flush=True)
+            rss_rows += case_rows
+            if len(case_rows) >= 2:
+                lo, hi = case_rows[0], case_rows[-1]
+                grow = hi["maxrss_mb"] / lo["maxrss_mb"]
+                per_doc = (hi["maxrss_mb"] - lo["maxrss_mb"]) * 2**20 / max(1, hi["docs"] - lo["docs"])
+                # "flat": at most 10% more for the larger corpus; what is left grows with the
+                # number of documents (dedupe index, packing plan), reported per document
+                print(f"{'MET ' if grow <= 1.10 else 'MISS'} peak RSS flat ({flags}): "
+                      f"x{grow:.2f} for x{hi['text_mb'] / lo['text_mb']:.1f} the text "
+                      f"(target <= 1.10); {per_doc:.0f} B per extra document")
     header["load_after"] = loadavg()
     header["total_seconds"] = round(time.perf_counter() - t_all, 1)
     print(f"\n# load average before {header['load_before']}, after {header['load_after']}; "

@@ -44,8 +44,11 @@ except SystemExit as e:
     if e.code not in (0, None):
         raise
 s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+# VmHWM, not ru_maxrss: that one starts from the parent's peak at the fork (see bench_prepare)
+with open("/proc/self/status") as f:
+    hwm = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
 print("RUSAGE " + json.dumps({"self": s.ru_utime + s.ru_stime, "children": c.ru_utime + c.ru_stime,
-                              "self_maxrss_mb": s.ru_maxrss / 1024}), file=sys.stderr)
+                              "self_maxrss_mb": hwm / 1024}), file=sys.stderr)
 """
 
 

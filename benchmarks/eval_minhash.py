@@ -37,7 +37,6 @@ import math
 import os
 import random
 import re
-import resource
 import subprocess
 import sys
 import sysconfig
@@ -174,6 +173,12 @@ def keep_first(n: int, ii: np.ndarray, jj: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- workers
 
 
+def _hwm_mb() -> float:
+    """This process's peak RSS since exec (VmHWM; ru_maxrss would start from the parent's peak)."""
+    with open("/proc/self/status") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("VmHWM:")) / 1024
+
+
 def _rss_now_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -279,7 +284,7 @@ def worker_fastprep(texts: list[str], args: argparse.Namespace) -> dict:
     return {"keep": keep, "pi": ii[ok], "pj": jj[ok], "keep_x": keep_x, "pi_x": ii[ok_x],
             "pj_x": jj[ok_x], "candidates": int(ii.shape[0]),
             "seconds": timings, "rss_delta_mb": mem.delta, "rss_delta_x_mb": mem_x.delta,
-            "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_peak_mb": _hwm_mb(),
             "nbytes": d.nbytes, "nbytes_x": d_x.nbytes, "docs_indexed": d.docs_indexed,
             "bands": bands, "rows": rows, "t_arrow": t_arrow, "t_join": t_join,
             "threads": all_threads, "bytes": int(sum(len(s.encode()) for s in texts))}
@@ -347,7 +352,7 @@ def worker_datasketch(texts: list[str], args: argparse.Namespace) -> dict:
     return {"keep": keep, "pi": np.array(ii, np.int64), "pj": np.array(jj, np.int64),
             "seconds": {"update": seconds, "update_batch_minhash_only": seconds_batch},
             "rss_delta_mb": mem.delta,
-            "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_peak_mb": _hwm_mb(),
             "bands": lsh.b, "rows": lsh.r}
 
 
