@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -455,6 +456,29 @@ def _row_blocks(packing: Any, doc_offsets: np.ndarray, ids_path: Path, mask_path
                             seg_dtype=seg_dt, loss_mask=mask, out=rows_buf)
 
 
+def _warm_kernels(cfg: PrepareConfig, ids_dt: np.dtype, seg_dt: np.dtype) -> None:
+    """Load the driver's numba kernels (numba's import plus their cache: ~1 s here) on tiny
+    inputs of the real types, in a thread, while the workers start. Otherwise the load sits on
+    the critical path: at the first result with exact dedupe, at packing without. A failure is
+    ignored here: it resurfaces, with its real message, where the kernel is used."""
+    try:
+        if cfg.dedupe.exact:
+            ExactDeduper().insert(np.zeros((1, 2), np.uint64))
+        L = cfg.pack.seq_len
+        lengths = np.array([L + 1, 1], np.int64)
+        offsets = np.array([0, L + 1, L + 2], np.int64)
+        packing = plan(lengths, cfg.pack)
+        sub, _, lens = _block_pieces(packing, offsets, 0, packing.n_rows)
+        local = np.zeros(len(lens) + 1, dtype=np.int64)
+        np.cumsum(lens, out=local[1:])
+        for mask in (None, np.ones(int(lens.sum()), np.uint8)):
+            fill_rows(sub, np.zeros(int(lens.sum()), ids_dt), local, 0, packing.n_rows, pad_id=0,
+                      ids_dtype=ids_dt, seg_dtype=seg_dt, loss_mask=mask,
+                      out=row_buffers(packing.n_rows, L, ids_dt, seg_dt, loss_mask=mask is not None))
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def prepare(cfg: PrepareConfig) -> PrepareStats:
     """Run the whole preparation; return the statistics the CLI prints.
 
@@ -493,6 +517,7 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
     writer: ShardWriter | None = None
     report_f = None
     report_tmp: Path | None = None
+    warm: threading.Thread | None = None
     try:
         exact = ExactDeduper() if cfg.dedupe.exact else None
         minhash = None
@@ -530,6 +555,9 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
                                    f"or inconsistent in {work}; was the folder changed during the run?")
             return r
 
+        warm = threading.Thread(target=_warm_kernels, args=(cfg, ids_dt, seg_dt),
+                                name="fastprep-warm-kernels", daemon=True)
+        warm.start()
         results = task_results(tasks, cfg, work, workers, done, load)
         while True:
             try:
@@ -598,6 +626,7 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
         # ---- pack -------------------------------------------------------------------------
         progress.message("packing")
         t = time.perf_counter()
+        warm.join()  # normally long done; never leave it compiling when the run ends
         lengths, planned, has_mask = spill.finish()
         doc_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=doc_offsets[1:])
@@ -669,6 +698,8 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
         shutil.rmtree(work, ignore_errors=True)
         return stats
     except BaseException as e:
+        if warm is not None:
+            warm.join()  # a daemon thread inside numba must not meet the interpreter's exit
         progress.close()
         quarantine.abort()
         spill.close()

@@ -451,3 +451,41 @@ def test_row_blocks_from_spill_equal_whole_fill(tmp_path: Path, mode: str, long_
             _, starts, lens = _block_pieces(p, offsets, lo, hi)
             assert lens.sum() <= (hi - lo) * L
             assert np.all(np.diff(starts) > 0)  # one forward pass through the spill
+
+
+@pytest.mark.parametrize("mode", ["bfd", "concat"])
+def test_kernel_warm_up_loads_what_the_run_uses(tmp_path: Path, tokenizer_dir: Path, mode: str) -> None:
+    """The driver's warm-up thread must compile (or load from cache) exactly the kernel
+    specialisations the run then calls, or it saves nothing: in a fresh process, after the
+    warm-up, a whole prepare run (exact dedupe, text and prompt/completion records, so rows with
+    and without a loss mask) adds no new signature to any driver kernel."""
+    import subprocess
+    import sys
+
+    recs = [{"text": t} for t in make_texts(80, seed=2, max_words=90)]
+    recs += [{"prompt": f"q{i} alpha", "completion": f" a{i} beta gamma"} for i in range(20)]
+    src = write_jsonl(tmp_path / "d.jsonl", recs)
+    script = f"""
+import json, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_prepare import config
+from fastprep import PackConfig, prepare
+from fastprep.format import ids_dtype, segment_dtype
+from fastprep.prepare import _warm_kernels
+from fastprep.tokenize import TokenizerBundle
+cfg = config([{str(src)!r}], {str(tmp_path / "out")!r}, {str(tokenizer_dir)!r},
+             pack=PackConfig(seq_len=48, mode={mode!r}))
+_warm_kernels(cfg, ids_dtype(TokenizerBundle(cfg.tokenize).vocab_size), segment_dtype(48))
+from fastprep import _exact_kernels, _pack_kernels
+def sigs():
+    return {{f"{{m.__name__}}.{{k}}": sorted(map(str, v.signatures)) for m in (_pack_kernels, _exact_kernels)
+            for k, v in vars(m).items() if hasattr(v, "signatures")}}
+before = sigs()
+prepare(cfg)
+print(json.dumps({{"before": before, "after": sigs()}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["before"]["fastprep._pack_kernels.fill_rows"]  # the warm-up did compile or load
+    assert got["before"]["fastprep._exact_kernels.insert_keys"]
+    assert got["after"] == got["before"]
