@@ -19,8 +19,8 @@ Efficiency counts rows as padded to L (how a fixed-shape training step consumes 
 Part 2 also measures a *memory floor* per pair on the same data: copying the kept tokens into a
 preallocated ``rows x L`` uint16 array plus filling a preallocated ``rows x L`` uint16 segment
 array, i.e. the bytes any packer that materialises rows must at least write, as two contiguous
-streams (the real fill gathers pieces from all over the token array, and gets fresh output
-arrays per block). ``max`` is the speedup over TRL that this floor allows, TRL time / (plan time
+streams (the real fill gathers pieces from all over the token array into one block of
+output buffers that every block reuses, as ``fastprep prepare`` does). ``max`` is the speedup over TRL that this floor allows, TRL time / (plan time
 + floor time), printed next to the achieved speedup.
 
 Every timing: one burn-in run (JIT compilation, caches), then the median of ``--repeats`` runs
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from fastprep.pack import PackConfig, PackPlan, fill_rows, plan
+from fastprep.pack import PackConfig, PackPlan, fill_rows, plan, row_buffers
 
 COMBOS: list[tuple[str, str, str | None]] = [  # (fastprep mode, long policy, TRL strategy)
     ("bfd", "split", "bfd_split"),
@@ -85,11 +85,13 @@ def part_plan(lengths: np.ndarray, seq_len: int, repeats: int) -> None:
 
 def fastprep_end_to_end(lengths: np.ndarray, tokens: np.ndarray, offsets: np.ndarray,
                         cfg: PackConfig, block: int) -> PackPlan:
-    """plan + every row materialised, in blocks, as the write stage does."""
+    """plan + every row materialised, in blocks, as the write stage does: into one block of
+    output buffers allocated per run and reused by every block."""
     p = plan(lengths, cfg)
+    bufs = row_buffers(min(block, max(p.n_rows, 1)), cfg.seq_len, np.uint16, np.uint16)
     for lo in range(0, p.n_rows, block):
         fill_rows(p, tokens, offsets, lo, min(lo + block, p.n_rows), pad_id=0,
-                  ids_dtype=np.uint16, seg_dtype=np.uint16)
+                  ids_dtype=np.uint16, seg_dtype=np.uint16, out=bufs)
     return p
 
 
