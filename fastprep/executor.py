@@ -53,6 +53,11 @@ def _run_saved(task: Task, cfg: PrepareConfig, work: str) -> int:
     return task.index
 
 
+def runs_inline(cfg: PrepareConfig, workers: int, n_todo: int) -> bool:
+    """Whether the tasks run in this process (one worker, or at most one task left to run)."""
+    return cfg.executor == "local" and (workers == 1 or n_todo <= 1)
+
+
 def local_results(tasks: list[Task], cfg: PrepareConfig, work: Path, workers: int,
                   done: set[int], load: Callable[[Task], TaskResult]) -> Iterator[TaskResult]:
     """Workers run tasks largest first but the parent consumes them in task order, so finished
@@ -60,7 +65,7 @@ def local_results(tasks: list[Task], cfg: PrepareConfig, work: Path, workers: in
     loaded one at a time when their turn comes: the parent's memory does not grow with the number
     of tasks finished early (signatures and shingle sets are ~0.5-1 KB per document)."""
     todo = [t for t in tasks if t.index not in done]
-    if workers == 1 or len(todo) <= 1:
+    if runs_inline(cfg, workers, len(todo)):
         for t in tasks:
             yield load(t) if t.index in done else run_task(t, cfg, str(work))
         return

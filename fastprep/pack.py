@@ -254,6 +254,10 @@ def fill_rows(plan: PackPlan, tokens: np.ndarray, doc_offsets: np.ndarray, row_l
     ``out`` (from :func:`row_buffers`, at least ``n`` rows): fill its first ``n`` rows and return
     views of them instead of allocating fresh arrays, so a loop over blocks reuses one block's
     memory (the returned views are overwritten by the next call).
+
+    Rows are filled in parallel on numba's thread pool (``NUMBA_NUM_THREADS``). Under numba's
+    ``workqueue`` threading layer (used when neither TBB nor OpenMP is available) a parallel
+    kernel must not be launched from two threads at once: call it from one thread at a time.
     """
     K = _kernels()
     tokens = np.asarray(tokens)  # a memmap becomes a plain view of the same pages, no copy

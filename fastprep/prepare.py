@@ -43,7 +43,7 @@ from .progress import Progress
 from .quarantine import Quarantine
 from .read import ReadConfig, expand_paths, file_kind, file_sizes
 from .records import KIND_NAMES, RecordConfig
-from .executor import available_cores, task_results
+from .executor import available_cores, runs_inline, task_results
 from .tasks import Task, TaskResult, TaskStrictError, _write_ones, load_result, plan_tasks
 from .tokenize import TokenizeConfig, TokenizerBundle
 from .write import ShardWriter, atomic_write_bytes
@@ -458,9 +458,10 @@ def _row_blocks(packing: Any, doc_offsets: np.ndarray, ids_path: Path, mask_path
 
 def _warm_kernels(cfg: PrepareConfig, ids_dt: np.dtype, seg_dt: np.dtype) -> None:
     """Load the driver's numba kernels (numba's import plus their cache: ~1 s here) on tiny
-    inputs of the real types, in a thread, while the workers start. Otherwise the load sits on
-    the critical path: at the first result with exact dedupe, at packing without. A failure is
-    ignored here: it resurfaces, with its real message, where the kernel is used."""
+    inputs of the real types: in a thread while the workers start, or before the tasks when they
+    run in this process. Otherwise the load sits on the critical path: at the first result with
+    exact dedupe, at packing without. A failure is ignored here: it resurfaces, with its real
+    message, where the kernel is used."""
     try:
         if cfg.dedupe.exact:
             ExactDeduper().insert(np.zeros((1, 2), np.uint64))
@@ -555,9 +556,14 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
                                    f"or inconsistent in {work}; was the folder changed during the run?")
             return r
 
-        warm = threading.Thread(target=_warm_kernels, args=(cfg, ids_dt, seg_dt),
-                                name="fastprep-warm-kernels", daemon=True)
-        warm.start()
+        if runs_inline(cfg, workers, len(tasks) - len(done)):
+            # tasks run here and call parallel numba kernels (MinHash signatures); numba's
+            # workqueue threading layer aborts on parallel launches from two threads at once
+            _warm_kernels(cfg, ids_dt, seg_dt)
+        else:
+            warm = threading.Thread(target=_warm_kernels, args=(cfg, ids_dt, seg_dt),
+                                    name="fastprep-warm-kernels", daemon=True)
+            warm.start()
         results = task_results(tasks, cfg, work, workers, done, load)
         while True:
             try:
@@ -626,7 +632,8 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
         # ---- pack -------------------------------------------------------------------------
         progress.message("packing")
         t = time.perf_counter()
-        warm.join()  # normally long done; never leave it compiling when the run ends
+        if warm is not None:
+            warm.join()  # normally long done; never leave it compiling when the run ends
         lengths, planned, has_mask = spill.finish()
         doc_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=doc_offsets[1:])
