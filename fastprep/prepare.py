@@ -9,9 +9,11 @@ kept) and near duplicates (MinHash LSH over signatures the workers computed), an
 task's tokens to one spill file, keeping only 8 bytes per document (its length) in memory.
 
 After the last task the packer plans rows over the lengths (removed documents count as length 0,
-so they produce no piece; :mod:`fastprep.pack`) and the rows are gathered from the memory-mapped
-spill block by block into shards (:mod:`fastprep.write`). Peak memory is bounded by the batch
-size, the block size and a few bytes per document, not by the corpus size.
+so they produce no piece; :mod:`fastprep.pack`) and the rows are gathered from the token
+spill block by block (positioned reads) into shards (:mod:`fastprep.write`). Peak memory is
+bounded by the batch size, the block size and ~130 bytes per document (lengths, offsets, the
+exact-dedupe table, the packing plan; measured: the driver's peak 217 -> 225 MiB for 4x the
+text), not by the corpus size; streaming MinHash adds its index (~0.8 KB per kept document).
 
 Same input + same config = same bytes, whatever the number of workers, task size or batch size:
 input files are sorted, results merge in task order, deduplication keeps the first occurrence,
@@ -650,6 +652,7 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
             dtypes["loss_mask"] = np.dtype(np.uint8)
         shard_rows = cfg.shard_rows or max(1, (256 << 20) // (L * ids_dt.itemsize))
         writer = ShardWriter(out, L, dtypes, shard_rows)
+        # ~4M tokens per block (2,048 rows at L = 2048), at most one shard
         for rows in _row_blocks(packing, doc_offsets, spill.ids_path,
                                 spill.mask_path if has_mask else None,
                                 max(1, min(shard_rows, (4 << 20) // L)), bundle.pad_id, ids_dt, seg_dt):
