@@ -17,7 +17,7 @@ order, e.g. ``(file << 40) | line``):
    (band, key, doc). Every partition gets a file, even an empty one, so a consumer can tell a
    missing producer from an empty one. Writes are atomic (temporary file + ``os.replace``).
    The producer also writes what verification reads (:func:`write_doc_store`: ids, signatures
-   and/or shingle sets, memory-mapped by :class:`FileStore`). Memory: the task's own ``n B``
+   and/or shingle sets, read back by :class:`FileStore`). Memory: the task's own ``n B``
    rows, 20 B each, plus the sort permutation.
 2. **Candidates** (per partition): :func:`candidate_pairs` merges the partition's files and, for
    every run of equal (band, key), emits every pair (earlier doc ``j``, later doc ``i``); a pair
@@ -97,8 +97,10 @@ from fastprep.minhash import (
     MinHashResult,
     ShingleSets,
     check_sets,
+    set_ranges,
     take_sets,
 )
+from fastprep.ranges import read_ranges
 
 __all__ = [
     "ROW_DTYPE",
@@ -488,27 +490,64 @@ def write_doc_store(out_dir: str | os.PathLike[str], name: str, doc_ids: np.ndar
     return paths
 
 
+class _NpyFile:
+    """A ``.npy`` array read with positioned reads (:func:`fastprep.ranges.read_ranges`), not
+    memory-mapped: what a fetch reads stays in the page cache instead of this process's RSS, and
+    no file stays open between fetches (a store per task: thousands of files)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            self.shape, fortran, self.dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran or self.dtype.hasobject:
+            raise ValueError(f"{path}: not a C-ordered plain array")
+
+    def ranges(self, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        """Elements ``[start, start + len)`` of the flattened array, concatenated."""
+        out = np.empty(int(np.sum(lens)), dtype=self.dtype)
+        with open(self.path, "rb") as f:
+            return read_ranges(f, starts, lens, out, self.offset)
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` of a 2-D array."""
+        width = int(self.shape[1])
+        flat = self.ranges(np.asarray(idx, dtype=np.int64) * width, np.full(len(idx), width, np.int64))
+        return flat.reshape(len(idx), width)
+
+
 class FileStore:
     """:data:`Fetch` over the stores :func:`write_doc_store` wrote into ``out_dir`` (a folder all
-    tasks can read), memory-mapped: a fetch reads only the pages of the documents asked for.
+    tasks can read). A fetch reads only the documents asked for: ids and set offsets (8 B per
+    document each) are memory-mapped, signatures and shingle sets (the bulk: ~0.5-2 KB per
+    document) are read with positioned reads, so the verifying process's RSS does not grow with
+    the store (measured in ``prepare --near-method shuffle``: see ``benchmarks/README.md``).
     Picklable (only the folder travels); it opens the files on first use in each process."""
 
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
         self.out_dir = str(out_dir)
-        self._stores: list[dict[str, np.ndarray | None]] | None = None
+        self._stores: list[dict[str, Any]] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"out_dir": self.out_dir, "_stores": None}
 
-    def _open(self) -> list[dict[str, np.ndarray | None]]:
+    def _open(self) -> list[dict[str, Any]]:
         if self._stores is None:
             stores = []
             for ids_path in sorted(Path(self.out_dir).glob("*.store-ids.npy")):
                 base = str(ids_path)[: -len("ids.npy")]
-                st: dict[str, np.ndarray | None] = {}
+                st: dict[str, Any] = {}
                 for part in _STORE_PARTS:
                     p = Path(base + part + ".npy")
-                    st[part] = np.load(p, mmap_mode="r", allow_pickle=False) if p.exists() else None
+                    if not p.exists():
+                        st[part] = None
+                    elif part in ("sigs", "setv"):
+                        st[part] = _NpyFile(p)
+                    else:
+                        st[part] = np.load(p, mmap_mode="r", allow_pickle=False)
                 ids = st["ids"]
                 if ids is not None and ids.shape[0]:
                     st["lo"], st["hi"] = np.array(ids[0]), np.array(ids[-1])
@@ -534,11 +573,11 @@ class FileStore:
                 continue
             found[where] += 1
             if st["sigs"] is not None:
-                sig_parts.append((where, np.asarray(st["sigs"][idx])))
+                sig_parts.append((where, st["sigs"].rows(idx)))
                 width = st["sigs"].shape[1]
             if st["setv"] is not None and st["seto"] is not None:
-                vals, off = take_sets((st["setv"], np.asarray(st["seto"])), idx)
-                set_parts.append((where, np.asarray(vals), off))
+                starts, lens, off = set_ranges(st["seto"], idx)
+                set_parts.append((where, st["setv"].ranges(starts, lens), off))
         if (found != 1).any():
             bad = doc_ids[found != 1][:5].tolist()
             raise KeyError(f"documents missing from (or in several of) the stores in "

@@ -448,14 +448,21 @@ def check_sets(sets: ShingleSets, n: int) -> ShingleSets:
     return vals, off
 
 
+def set_ranges(off: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the sets of documents ``idx`` lie in a values array with offsets ``off``: their
+    (starts, lengths) there, and their offsets once concatenated in that order."""
+    idx = np.asarray(idx, dtype=np.int64)
+    starts = np.asarray(off[idx], dtype=np.int64)
+    lens = np.asarray(off[idx + 1], dtype=np.int64) - starts
+    new_off = np.zeros(idx.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lens, out=new_off[1:])
+    return starts, lens, new_off
+
+
 def take_sets(sets: ShingleSets, idx: np.ndarray) -> ShingleSets:
     """The shingle sets of documents ``idx`` (in that order), without a loop over documents."""
     vals, off = sets
-    idx = np.asarray(idx, dtype=np.int64)
-    starts = off[idx]
-    lens = off[idx + 1] - starts
-    new_off = np.zeros(idx.shape[0] + 1, dtype=np.int64)
-    np.cumsum(lens, out=new_off[1:])
+    starts, lens, new_off = set_ranges(off, idx)
     pos = np.repeat(starts - new_off[:-1], lens) + np.arange(new_off[-1], dtype=np.int64)
     return vals[pos], new_off
 

@@ -43,6 +43,7 @@ from .format import MANIFEST, ids_dtype, segment_dtype
 from .pack import PackConfig, fill_rows, plan, row_buffers
 from .progress import Progress
 from .quarantine import Quarantine
+from .ranges import read_ranges
 from .read import ReadConfig, expand_paths, file_kind, file_sizes
 from .records import KIND_NAMES, RecordConfig
 from .executor import available_cores, runs_inline, task_results
@@ -402,32 +403,6 @@ def _block_pieces(packing: Any, doc_offsets: np.ndarray, lo: int, hi: int
     return sub, spill[order], lens[order]
 
 
-def _read_ranges(f: IO[bytes], starts: np.ndarray, lens: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Concatenate ``f[start:start+len]`` (in elements of ``out``'s dtype) for ascending ranges
-    into the front of ``out``, merging adjacent ranges into one read; returns that front."""
-    total = int(lens.sum())
-    if total > out.shape[0]:
-        raise ValueError(f"a block needs {total} tokens, more than its buffer of {out.shape[0]}")
-    out = out[:total]
-    if not len(lens):
-        return out
-    ends = starts + lens
-    # a new read starts wherever a range does not begin where the previous one ended
-    breaks = np.flatnonzero(starts[1:] != ends[:-1]) + 1
-    first = np.concatenate([[0], breaks])
-    last = np.concatenate([breaks, [len(lens)]]) - 1
-    view = memoryview(out).cast("B")
-    pos = 0
-    size = out.dtype.itemsize
-    for i, j in zip(first.tolist(), last.tolist()):
-        nbytes = int(ends[j] - starts[i]) * size
-        f.seek(int(starts[i]) * size)
-        if f.readinto(view[pos:pos + nbytes]) != nbytes:
-            raise OSError(f"token spill {f.name} is shorter than expected (truncated work file)")
-        pos += nbytes
-    return out
-
-
 def _row_blocks(packing: Any, doc_offsets: np.ndarray, ids_path: Path, mask_path: Path | None,
                 block: int, pad_id: int, ids_dt: np.dtype, seg_dt: np.dtype) -> Iterator[dict[str, np.ndarray]]:
     """The rows of ``packing``, ``block`` rows at a time, filled from the token spill (and the
@@ -450,8 +425,8 @@ def _row_blocks(packing: Any, doc_offsets: np.ndarray, ids_path: Path, mask_path
         for lo in range(0, packing.n_rows, block):
             hi = min(lo + block, packing.n_rows)
             sub, starts, lens = _block_pieces(packing, doc_offsets, lo, hi)
-            tokens = _read_ranges(ids_f, starts, lens, ids_buf)
-            mask = _read_ranges(mask_f, starts, lens, mask_buf) if mask_path is not None else None
+            tokens = read_ranges(ids_f, starts, lens, ids_buf)
+            mask = read_ranges(mask_f, starts, lens, mask_buf) if mask_path is not None else None
             local = np.zeros(len(lens) + 1, dtype=np.int64)
             np.cumsum(lens, out=local[1:])
             yield fill_rows(sub, tokens, local, lo, hi, pad_id=pad_id, ids_dtype=ids_dt,

@@ -335,6 +335,16 @@ def test_doc_stores_fetch_in_request_order(tmp_path: Path) -> None:
             fetch(np.array([5, 7], dtype=np.int64))
     again = pickle.loads(pickle.dumps(store))  # ships only the folder, reopens lazily
     np.testing.assert_array_equal(again(want)[0], sigs[rows])
+    # the bulk (signatures, sets) is read, not memory-mapped: it never counts in this RSS
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        mapped = maps.read_text()
+        assert "store-sigs" not in mapped and "store-setv" not in mapped
+    # a truncated store is an error that names the file, not garbage
+    setv = tmp_path / "t1.store-setv.npy"
+    setv.write_bytes(setv.read_bytes()[:-4])
+    with pytest.raises(OSError, match="t1.store-setv.npy"):
+        FileStore(tmp_path)(np.array([(1 << 40) + 3], dtype=np.int64))
 
 
 # ---------------------------------------------------------------------------- Ray
