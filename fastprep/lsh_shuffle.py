@@ -2,8 +2,8 @@
 a keep-first resolution that gives exactly the result of the streaming :class:`MinHashDeduper`.
 
 Why: the streaming index (:mod:`fastprep.minhash`) processes documents in input order in one
-process and holds ~0.8 KB per kept document (2 KB with ``verify="signature"``) plus, with ``verify="exact"``, the kept shingle sets.
-At hundreds of millions of documents that is hundreds of GB in one place. This module computes
+process and holds ~0.8 KB per kept document (2 KB with ``verify="signature"``) plus, with
+``verify="exact"``, the kept shingle sets. At hundreds of millions of documents that is hundreds of GB in one place. This module computes
 the same decision from a shuffle that partitions the work over a cluster (Ray tasks, or any
 executor that runs :func:`dedupe_partition` per partition).
 

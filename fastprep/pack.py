@@ -29,10 +29,11 @@ mixture): ``plan`` on 1M documents takes ~0.26 s for ``bfd`` (3.8M docs/s), ~0.1
 ``concat``/``pad``; 10M documents ~4 s of CPU. Memory: the plan holds six int64 per piece
 (about one piece per document, ~50 MB per million); ``plan`` peaks at about twice that
 (measured: 1.1 GB above the input for 10M documents).
-``plan`` + ``fill_rows`` of every row (100k documents, 77M tokens, uint16) takes ~0.14 s, ~25-30x
-faster than TRL's ``pack_dataset`` bfd (was ~0.35 s, 8-16x); writing the same bytes as one
-contiguous copy into preallocated arrays would allow ~65-70x (the rest is gathering pieces from all
-over the token array, and faulting in fresh output arrays).
+``plan`` + ``fill_rows`` of every row (200k documents, 153M tokens, uint16, blocks of 8,192
+rows into reused buffers, 2 threads) takes ~0.17 s, ~47x faster than TRL's ``pack_dataset``
+bfd_split; copying and filling the same bytes as two contiguous streams into preallocated
+arrays (~10 GB/s here, on one thread or two) would allow ~71x: the rest is gathering pieces
+from all over the token array.
 """
 
 from __future__ import annotations
@@ -291,7 +292,8 @@ def fill_rows(plan: PackPlan, tokens: np.ndarray, doc_offsets: np.ndarray, row_l
 def row_buffers(n: int, seq_len: int, ids_dtype: npt.DTypeLike, seg_dtype: npt.DTypeLike, *,
                 loss_mask: bool = False) -> dict[str, np.ndarray]:
     """Uninitialised ``[n, seq_len]`` output arrays for :func:`fill_rows` (``input_ids``,
-    ``segment_ids`` and, with ``loss_mask``, ``loss_mask`` uint8), 2 MiB aligned."""
+    ``segment_ids`` and, with ``loss_mask``, ``loss_mask`` uint8); from 4 MiB up each starts on
+    a 2 MiB boundary (see ``_empty_rows``)."""
     bufs = {"input_ids": _empty_rows(n, seq_len, np.dtype(ids_dtype)),
             "segment_ids": _empty_rows(n, seq_len, np.dtype(seg_dtype))}
     if loss_mask:
