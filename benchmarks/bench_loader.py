@@ -37,11 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from fastprep.format import ids_dtype, segment_dtype
-from fastprep.loader import PackedLoader, PackedRows, to_device
-from fastprep.models import tiny_model
-from fastprep.train import accumulate_gradients
-from fastprep.write import ShardWriter
+from fastprep.dataset.format import ids_dtype, segment_dtype
+from fastprep.train.loader import PackedLoader, PackedRows, to_device
+from fastprep.train.models import tiny_model
+from fastprep.train.loop import accumulate_gradients
+from fastprep.dataset.write import ShardWriter
 
 VOCAB = 512
 
@@ -60,7 +60,7 @@ def write_packed(docs: list[np.ndarray], seq_len: int, out: Path) -> float:
     dtypes = {"input_ids": ids_dtype(VOCAB), "segment_ids": segment_dtype(seq_len)}
     writer = ShardWriter(out, seq_len, dtypes, shard_rows=1024)
     try:
-        from fastprep.pack import PackConfig, fill_rows, plan
+        from fastprep.stages.pack import PackConfig, fill_rows, plan
     except ImportError:  # packer not available: a plain next-fit is enough for a data-path benchmark
         rows: list[list[int]] = [[]]
         used = 0
@@ -84,8 +84,8 @@ def write_packed(docs: list[np.ndarray], seq_len: int, out: Path) -> float:
         writer.add(fill_rows(p, tokens, offsets, 0, p.n_rows, pad_id=0, ids_dtype=dtypes["input_ids"],
                              seg_dtype=dtypes["segment_ids"]))
         n_rows = p.n_rows
-    writer.finish({"tokenizer": {"sha256": "0" * 64, "vocab_size": VOCAB, "bos_id": None,
-                                 "eos_id": None, "pad_id": 0}})
+    writer.finish(tokenizer={"sha256": "0" * 64, "vocab_size": VOCAB, "bos_id": None,
+                            "eos_id": None, "pad_id": 0})
     return float(lengths.sum()) / (n_rows * seq_len)
 
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from fastprep.pack import PackConfig, PackPlan, fill_rows, plan, row_buffers
+from fastprep.stages.pack import PackConfig, PackPlan, fill_rows, plan, row_buffers
 
 COMBOS: list[tuple[str, str, str | None]] = [  # (fastprep mode, long policy, TRL strategy)
     ("bfd", "split", "bfd_split"),

@@ -18,7 +18,7 @@ corpus larger than the standard library repeats it, with controlled variation:
 - the units of all passes are shuffled with the seed and cut at ``--mb``.
 
 Planted duplicates (on top of ``--mb``, counted in ``meta.json``): 3% of the documents are exact
-copies and 3% near copies made with :func:`fastprep.sample._edit` at 0.5%, 1% or 2% of the words
+copies and 3% near copies made with :func:`fastprep.sample.edit_words` at 0.5%, 1% or 2% of the words
 (word 5-gram Jaccard ~0.97 / ~0.9 / ~0.82, i.e. above a 0.8 threshold), each placed at a random
 later position.
 
@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastprep.sample import _edit, stdlib_units, train_tokenizer
+from fastprep.sample import edit_words, stdlib_units, train_tokenizer
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 VERSION = 1                    # bump when the recipe changes: the cache key includes it
@@ -169,7 +169,7 @@ def build(mb: float, seed: int = 0, sft_share: float = 0.1, zst: bool = False) -
         planted.append((rng.randrange(n), f"near{NEAR_RATES[k % len(NEAR_RATES)]}"))
     after: dict[int, list[str]] = {}  # position -> copies inserted after it (a later position)
     for src, how in planted:
-        text = docs[src] if how == "exact" else _edit(docs[src], rng, float(how[4:]))
+        text = docs[src] if how == "exact" else edit_words(docs[src], rng, float(how[4:]))
         after.setdefault(rng.randrange(src, n), []).append(text)
     records = []
     for i, d in enumerate(docs):

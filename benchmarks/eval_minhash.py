@@ -120,7 +120,7 @@ def build_corpus(n_docs: int, seed: int = 0) -> list[str]:
 
 def exact_pairs(vals: np.ndarray, off: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
     """All pairs (i < j) with exact Jaccard >= t, by prefix filtering + exact verification."""
-    from fastprep import _minhash_kernels as K
+    from fastprep.kernels import minhash as kernels
     n = off.shape[0] - 1
     _, inv, counts = np.unique(vals, return_inverse=True, return_counts=True)
     rank = np.argsort(np.argsort(counts, kind="stable"), kind="stable")[inv]  # rarest first
@@ -152,7 +152,7 @@ def exact_pairs(vals: np.ndarray, off: np.ndarray, t: float) -> tuple[np.ndarray
         sa, sb = sizes[a], sizes[b]
         if min(sa, sb) < t * max(sa, sb) - 1e-9:  # size filter
             continue
-        j = K.jaccard_sorted(vals[off[a]:off[a + 1]], vals[off[b]:off[b + 1]])
+        j = kernels.jaccard_sorted(vals[off[a]:off[a + 1]], vals[off[b]:off[b + 1]])
         if j >= t - 1e-12:
             ii.append(a)
             jj.append(b)
@@ -215,7 +215,7 @@ class PeakRSS:
 
 
 def _dedupe_all(texts: list[str], cfg: object, batch: int) -> tuple[np.ndarray, object, float]:
-    from fastprep.minhash import MinHashDeduper
+    from fastprep.dedupe.minhash import MinHashDeduper
     d = MinHashDeduper(cfg)
     t0 = time.perf_counter()
     keep = np.concatenate([d(texts[s:s + batch], np.arange(s, min(s + batch, len(texts)))).keep
@@ -226,11 +226,11 @@ def _dedupe_all(texts: list[str], cfg: object, batch: int) -> tuple[np.ndarray, 
 def worker_fastprep(texts: list[str], args: argparse.Namespace) -> dict:
     import numba
 
-    from fastprep import _minhash_kernels as K
-    from fastprep.minhash import (
+    from fastprep.kernels import minhash as kernels
+    from fastprep.dedupe.minhash import (
         MinHashConfig,
         MinHashDeduper,
-        _utf8,
+        utf8_buffer,
         shingle_sets,
         signatures,
     )
@@ -242,7 +242,7 @@ def worker_fastprep(texts: list[str], args: argparse.Namespace) -> dict:
     t_arrow = t_join = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
-        _utf8(texts)
+        utf8_buffer(texts)
         t_arrow = min(t_arrow, time.perf_counter() - t0)
         t0 = time.perf_counter()
         enc = [s.encode() for s in texts]
@@ -270,8 +270,8 @@ def worker_fastprep(texts: list[str], args: argparse.Namespace) -> dict:
         keep_x, d_x, _ = _dedupe_all(texts, cfg, args.batch)
     # all-pairs mode for pair metrics: every document's band keys, candidates verified
     sigs = signatures(texts, cfg)
-    bands, rows = cfg.band_rows()
-    keys = K.band_keys(sigs, bands, rows)
+    bands, rows = cfg.banding()
+    keys = kernels.band_keys(sigs, bands, rows)
     need = math.ceil(cfg.threshold * cfg.num_perm - 1e-9)
     ii, jj = _bucket_pairs(keys)
     eq = np.zeros(ii.shape[0], dtype=np.int64)
@@ -279,7 +279,7 @@ def worker_fastprep(texts: list[str], args: argparse.Namespace) -> dict:
         eq[s:s + 100_000] = (sigs[ii[s:s + 100_000]] == sigs[jj[s:s + 100_000]]).sum(1)
     ok = eq >= need
     vals, off = shingle_sets(texts, cfg)
-    ok_x = np.array([K.jaccard_sorted(vals[off[a]:off[a + 1]], vals[off[b]:off[b + 1]])
+    ok_x = np.array([kernels.jaccard_sorted(vals[off[a]:off[a + 1]], vals[off[b]:off[b + 1]])
                      >= cfg.threshold - 1e-12 for a, b in zip(ii.tolist(), jj.tolist())], dtype=bool)
     return {"keep": keep, "pi": ii[ok], "pj": jj[ok], "keep_x": keep_x, "pi_x": ii[ok_x],
             "pj_x": jj[ok_x], "candidates": int(ii.shape[0]),
@@ -312,10 +312,10 @@ def _bucket_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def worker_datasketch(texts: list[str], args: argparse.Namespace) -> dict:
     from datasketch import MinHash, MinHashLSH
 
-    from fastprep import _minhash_kernels as K
-    from fastprep.minhash import _utf8
-    buf, off = _utf8(texts)
-    hashes, hoff = K.shingle_hashes(buf, off, 5, False)
+    from fastprep.kernels import minhash as kernels
+    from fastprep.dedupe.minhash import utf8_buffer
+    buf, off = utf8_buffer(texts)
+    hashes, hoff = kernels.shingle_hashes(buf, off, 5, False)
     # the same shingles, as 8-byte strings; prepared before the clock starts
     shingles = [[hashes[i].tobytes() for i in range(hoff[d], hoff[d + 1])] for d in range(len(texts))]
     del buf, off, hashes, hoff
@@ -399,7 +399,7 @@ def main() -> None:
         np.savez(args.out, meta=np.array(json.dumps(meta)), **arrays)
         return
 
-    from fastprep.minhash import MinHashConfig, candidate_probability, shingle_sets
+    from fastprep.dedupe.minhash import MinHashConfig, candidate_probability, shingle_sets
     t0 = time.perf_counter()
     texts = build_corpus(args.docs, args.seed)
     n = len(texts)

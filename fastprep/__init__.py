@@ -1,40 +1,41 @@
 """fastprep: fast, exact tokenization, deduplication and sequence packing for LLM training.
 
-The prepare side (this namespace) never imports torch; the training side lives in
-``fastprep.loader`` / ``fastprep.train`` (``pip install 'fastprep[train]'``). numba and pyarrow
-are imported only where a kernel or a Parquet file needs them, so a worker process that reads
-JSONL and tokenizes does not pay for them (~0.5 s and ~60 MiB per process).
+The public API, and nothing else: the package's wings (``fastprep.stages``, ``fastprep.dedupe``,
+``fastprep.dataset``, ``fastprep.pipeline``, ``fastprep.kernels``, ``fastprep.train``) are
+imported by their own names. This namespace never imports torch (the training side lives in
+``fastprep.train``, ``pip install 'fastprep[train]'``), and numba or pyarrow only where a kernel
+or a Parquet file needs them, so a worker that reads JSONL and tokenizes does not pay for them.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
-from .clean import CleanConfig
-from .dedupe import DedupeConfig
-from .format import DatasetError, PackedDataset, open_dataset
-from .pack import PackConfig, PackPlan, fill_rows, plan
-from .prepare import PrepareConfig, PrepareStats, prepare
-from .read import ReadConfig
-from .records import RecordConfig
-from .tokenize import TokenizeConfig, TokenizerBundle
-from .verify import verify
+from ._version import __version__
+from .dataset.format import DatasetError, Manifest, PackedDataset, open_dataset
+from .dataset.verify import verify
+from .pipeline.config import DedupeConfig, PrepareConfig, Recipe, RunOptions
+from .pipeline.run import PrepareStats, prepare
+from .stages.clean import CleanConfig
+from .stages.pack import PackConfig, PackPlan, fill_rows, plan
+from .stages.read import ReadConfig
+from .stages.records import RecordConfig
+from .stages.tokenize import TokenizeConfig, TokenizerBundle
 
 if TYPE_CHECKING:
-    from .minhash import MinHashConfig
+    from .dedupe.minhash import MinHashConfig
 
 __all__ = [
-    "CleanConfig", "DatasetError", "DedupeConfig", "MinHashConfig", "PackConfig", "PackPlan",
-    "PackedDataset", "PrepareConfig", "PrepareStats", "ReadConfig", "RecordConfig",
-    "TokenizeConfig", "TokenizerBundle", "fill_rows", "open_dataset", "plan", "prepare", "verify",
+    "CleanConfig", "DatasetError", "DedupeConfig", "Manifest", "MinHashConfig", "PackConfig",
+    "PackPlan", "PackedDataset", "PrepareConfig", "PrepareStats", "ReadConfig", "Recipe",
+    "RecordConfig", "RunOptions", "TokenizeConfig", "TokenizerBundle", "__version__", "fill_rows",
+    "open_dataset", "plan", "prepare", "verify",
 ]
 
 
 def __getattr__(name: str) -> Any:
     if name == "MinHashConfig":  # minhash imports numba and pyarrow: only when asked for
-        from .minhash import MinHashConfig
+        from .dedupe.minhash import MinHashConfig
 
         return MinHashConfig
     raise AttributeError(f"module 'fastprep' has no attribute {name!r}")

@@ -25,7 +25,7 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
-from .chat import DEFAULT_CHAT_TEMPLATE
+from .stages.chat import DEFAULT_CHAT_TEMPLATE
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 
@@ -68,7 +68,8 @@ def stdlib_units(limit_bytes: int) -> Iterator[tuple[str, str, str]]:
             return
 
 
-def _edit(text: str, rng: random.Random, rate: float) -> str:
+def edit_words(text: str, rng: random.Random, rate: float) -> str:
+    """A near copy: about ``rate`` of the words (at least one) replaced by common words."""
     words = text.split(" ")
     for _ in range(max(1, int(len(words) * rate))):
         words[rng.randrange(len(words))] = rng.choice(["the", "a", "data", "value", "result"])
@@ -125,7 +126,7 @@ def write_sample(out_dir: str | os.PathLike[str], megabytes: float = 8.0, seed: 
         texts.append(dict(texts[rng.randrange(n)]))
     for _ in range(n * 3 // 100):
         t = texts[rng.randrange(n)]
-        texts.append({"text": _edit(t["text"], rng, 0.05), "source": t["source"] + "~"})
+        texts.append({"text": edit_words(t["text"], rng, 0.05), "source": t["source"] + "~"})
     rng.shuffle(texts)
     bad_lines = [b'{"text": "unterminated', b'["not", "an", "object"]', b'{"body": "no text field"}',
                  b'{"text": 42}', b'{"text": "   "}']

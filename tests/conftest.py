@@ -40,6 +40,19 @@ def tokenizer(tokenizer_dir: Path):
     return Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
 
 
+def prep_config(inputs, out, tok, seq_len=64, **kw):
+    """A PrepareConfig for tests: in-process (one worker) unless ``workers`` says otherwise,
+    no progress line; ``kw`` are Recipe / RunOptions fields."""
+    from fastprep import PackConfig, PrepareConfig, ReadConfig, TokenizeConfig
+
+    kw.setdefault("pack", PackConfig(seq_len=seq_len))
+    kw.setdefault("read", ReadConfig(paths=tuple(str(i) for i in inputs)))
+    kw.setdefault("tokenize", TokenizeConfig(tokenizer=str(tok)))
+    kw.setdefault("workers", 1)  # in-process; the worker-count tests use 2
+    kw.setdefault("progress", False)
+    return PrepareConfig.of(out=str(out), **kw)
+
+
 def write_jsonl(path: Path, records: list, raw_lines: list[bytes] | None = None) -> Path:
     """Records are dicts/values dumped as JSON; raw_lines are appended verbatim (bad input)."""
     with open(path, "wb") as f:

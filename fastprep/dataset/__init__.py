@@ -1,0 +1,1 @@
+"""The contract between prepare and train: file names, the typed manifest, writing and verifying."""

@@ -1,0 +1,128 @@
+"""Files written atomically, and positioned reads of many ranges of a flat binary file.
+
+Atomic writes (:class:`AtomicFile`, :func:`atomic_write_bytes`): every file fastprep publishes
+(shards, manifest, quarantine, task results, shuffle partitions, checkpoints) is written under a
+temporary name beside its final one, fsynced and renamed into place, so a reader sees the old
+file, the new one or none, never half of one. The temporary name is hidden (a leading dot) and
+unique per process and thread (``.NAME.PID-TID.tmp``): an orphaned worker of a killed run may
+still be finishing the same task file as its successor, and each renames only its own complete
+file (both hold identical bytes).
+
+Positioned reads (:func:`read_ranges`) are used where a memory map would do the same job but
+leave every page it touched counted in the process's RSS for as long as the map lives (the
+write stage reads row pieces from the token spill; the band shuffle's store reads candidate
+documents' signatures and shingle sets). Pages read this way stay in the page cache, which the
+kernel reclaims at will, and the process holds only the array it asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import IO, BinaryIO
+
+import numpy as np
+
+
+def temp_path(path: str | os.PathLike[str]) -> Path:
+    """The temporary name :class:`AtomicFile` writes ``path`` under (same folder, hidden)."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.{os.getpid()}-{threading.get_native_id()}.tmp")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a file name is one of :func:`temp_path`'s (left behind by a killed writer)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+class AtomicFile:
+    """A binary file that appears at ``path`` complete or not at all.
+
+    Use as a context manager (committed when the block ends normally, discarded on an
+    exception) or call :meth:`commit` / :meth:`discard` yourself::
+
+        with AtomicFile(out / "manifest.json") as f:
+            f.write(data)
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.tmp = temp_path(self.path)
+        self.file: BinaryIO = open(self.tmp, "wb")
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self.file.write(data)
+
+    def commit(self) -> Path:
+        """fsync, close and rename into place; returns the final path."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        """Close and remove the temporary file; ``path`` is left as it was."""
+        self.file.close()
+        try:
+            self.tmp.unlink()
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through :class:`AtomicFile`."""
+    with AtomicFile(path) as f:
+        f.write(data)
+
+
+def write_ones(f: IO[bytes], n: int) -> None:
+    """Append ``n`` bytes of value 1 (a loss mask of all targets) in bounded chunks."""
+    chunk = np.ones(min(n, 1 << 24), np.uint8).tobytes()
+    while n:
+        k = min(n, len(chunk))
+        f.write(chunk[:k] if k < len(chunk) else chunk)
+        n -= k
+
+
+def read_ranges(f: IO[bytes], starts: np.ndarray, lens: np.ndarray, out: np.ndarray,
+                offset: int = 0) -> np.ndarray:
+    """Concatenate the element ranges ``[start, start + len)`` of the file (elements of
+    ``out``'s dtype, element 0 at byte ``offset``) into the front of ``out``, in the order
+    given; ranges that continue one another merge into one read (ascending ranges read the file
+    in one forward pass). Returns that front of ``out``. ``OSError`` if the file is short."""
+    starts = np.asarray(starts, dtype=np.int64)
+    lens = np.asarray(lens, dtype=np.int64)
+    total = int(lens.sum())
+    if total > out.shape[0]:
+        raise ValueError(f"the ranges hold {total} elements, more than the buffer's {out.shape[0]}")
+    out = out[:total]
+    if not len(lens):
+        return out
+    ends = starts + lens
+    # a new read starts wherever a range does not begin where the previous one ended
+    breaks = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+    first = np.concatenate([[0], breaks])
+    last = np.concatenate([breaks, [len(lens)]]) - 1
+    view = memoryview(out).cast("B")
+    pos = 0
+    size = out.dtype.itemsize
+    for i, j in zip(first.tolist(), last.tolist()):
+        nbytes = int(ends[j] - starts[i]) * size
+        f.seek(offset + int(starts[i]) * size)
+        if f.readinto(view[pos:pos + nbytes]) != nbytes:
+            raise OSError(f"{f.name} is shorter than expected (truncated work file)")
+        pos += nbytes
+    return out

@@ -1,0 +1,1 @@
+"""``fastprep prepare``: the root config, tasks, the executor, the driver's merge and the write stage."""

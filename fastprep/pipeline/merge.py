@@ -1,0 +1,234 @@
+"""The driver's merge: task results in task order -> quarantine, dedupe, counts and the token spill.
+
+For each result the driver quarantines its bad records with global line numbers, removes exact
+duplicates against every earlier task (first occurrence kept) and near duplicates (MinHash over
+the signatures the workers computed: the streaming index here, or a band shuffle decided after
+the last task), and appends the task's tokens to the run's spill. Only small per-document
+arrays are held (lengths in the spill; the dedupe indexes until packing starts).
+
+Documents are identified across the run by ``doc_id(file, line)``: the input file's index in
+the upper bits and the line (or row) in the lower 40, so ids increase in input order, which is
+what MinHash's keep-first needs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import orjson
+
+from ..dedupe.exact import ExactDeduper
+from ..dedupe.minhash import MinHashConfig, MinHashResult
+from ..io import AtomicFile
+from ..stages.records import KIND_NAMES
+from .config import PrepareConfig
+from .executor import available_cores
+from .quarantine import Quarantine
+from .spill import RunSpill
+from .tasks import TaskResult
+
+_LINE_BITS = 40
+
+
+def doc_id(file: int | np.ndarray, line: int | np.ndarray) -> np.ndarray:
+    """Run-wide document ids, increasing in input order: ``file << 40 | line``."""
+    return (np.asarray(file, dtype=np.int64) << np.int64(_LINE_BITS)) | np.asarray(line, dtype=np.int64)
+
+
+def split_doc_id(d: int) -> tuple[int, int]:
+    """(file index, line) of a :func:`doc_id`."""
+    return d >> _LINE_BITS, d & ((1 << _LINE_BITS) - 1)
+
+
+def _report(f: IO[bytes] | AtomicFile, files: list[str], doc_ids: np.ndarray, mh: MinHashResult) -> None:
+    """One JSONL line per removed near duplicate: where it is, what it matched, how similar."""
+    for i in np.flatnonzero(~mh.keep):
+        (fi, line), (fm, mline) = split_doc_id(int(doc_ids[i])), split_doc_id(int(mh.match[i]))
+        f.write(orjson.dumps({"source": files[fi], "line": line, "matched_source": files[fm],
+                              "matched_line": mline,
+                              "similarity": round(float(mh.similarity[i]), 4)}) + b"\n")
+
+
+@dataclass(frozen=True)
+class Removed:
+    positions: np.ndarray  # int64: spill positions of the removed near duplicates
+    kinds: np.ndarray      # uint8: their record kinds
+    targets: np.ndarray    # int64: their target tokens
+
+
+class NearShuffle:
+    """MinHash by band shuffle (:mod:`fastprep.dedupe.shuffle`) instead of the driver's index.
+
+    Per task (after exact dedupe, so copies never form the quadratic buckets), the driver writes
+    the documents' band keys into ``P`` partition files and their signatures or shingle sets
+    into a store, both under the work folder (shared storage under Ray). After the last task,
+    every partition's candidate pairs are found and verified in parallel (Ray tasks, or
+    in-process without Ray) and the keep-first resolution gives exactly the streaming index's
+    decision. The driver keeps 17 B per MinHash'd document (id, spill position, kind) plus 8 B
+    for its target count, not the index's per-kept-document tables.
+    """
+
+    def __init__(self, mh: MinHashConfig, work: Path, partitions: int, ray: bool,
+                 ray_cpus: int) -> None:
+        self.mh, self.ray, self.ray_cpus = mh, ray, ray_cpus
+        self.dir = work / "near-shuffle"
+        if self.dir.exists():  # a resumed run rewrites every task's files from its saved result
+            shutil.rmtree(self.dir)
+        self.dir.mkdir()
+        self.partitions = partitions
+        self._parts: dict[str, list[np.ndarray]] = {"ids": [], "pos": [], "kinds": [], "targets": []}
+        self.stats: dict[str, Any] = {"method": "shuffle", "partitions": self.partitions}
+
+    def add(self, res: TaskResult, idx: np.ndarray, doc_ids: np.ndarray, sets: Any, base: int) -> None:
+        from ..dedupe.shuffle import partition_signatures, write_doc_store
+
+        assert res.signatures is not None
+        name = f"task-{res.task.index:06d}"
+        sigs = res.signatures[idx]
+        partition_signatures(sigs, doc_ids, self.mh, self.partitions, self.dir, name)
+        exact = self.mh.verify == "exact"
+        write_doc_store(self.dir / "store", name, doc_ids, None if exact else sigs,
+                        sets if exact else None)
+        for key, value in (("ids", doc_ids), ("pos", base + idx), ("kinds", res.kinds[idx]),
+                           ("targets", res.targets[idx])):
+            self._parts[key].append(value)
+
+    def resolve(self, report: AtomicFile | None, files: list[str]) -> Removed:
+        from ..dedupe.shuffle import FileStore, local_shuffle_dedupe, partition_files, ray_shuffle_dedupe
+
+        def cat(key: str, dtype: Any) -> np.ndarray:
+            return np.concatenate(self._parts[key]) if self._parts[key] else np.zeros(0, dtype)
+
+        ids = cat("ids", np.int64)
+        if not ids.size:
+            return Removed(np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.int64))
+        by_partition = partition_files(self.dir, self.partitions)
+        store = FileStore(self.dir / "store")
+        if self.ray:
+            removals = ray_shuffle_dedupe(by_partition, store, self.mh, num_cpus=self.ray_cpus)
+        else:
+            removals = local_shuffle_dedupe(by_partition, store, self.mh)
+        self.stats.update(candidate_pairs=removals.candidates, verified_pairs=removals.verified,
+                          files_bytes=sum(p.stat().st_size for p in self.dir.rglob("*") if p.is_file()))
+        res = removals.result(ids)
+        if report is not None:
+            _report(report, files, ids, res)
+        gone = ~res.keep
+        return Removed(cat("pos", np.int64)[gone], cat("kinds", np.uint8)[gone],
+                       cat("targets", np.int64)[gone])
+
+
+class Merger:
+    """Consumes task results in task order (:meth:`add`), then decides what the shuffle left
+    open (:meth:`finish`). Its counts feed the manifest."""
+
+    def __init__(self, cfg: PrepareConfig, files: list[str], work: Path, quarantine: Quarantine,
+                 spill: RunSpill) -> None:
+        self.files, self.quarantine, self.spill = files, quarantine, spill
+        dedupe = cfg.recipe.dedupe
+        self.exact = ExactDeduper() if dedupe.exact else None
+        self.minhash: Any = None
+        self.shuffle: NearShuffle | None = None
+        self.report: AtomicFile | None = None
+        if dedupe.minhash is not None:
+            from ..dedupe.minhash import MinHashDeduper
+
+            stream = cfg.run.resolved_near_method() == "stream"
+            # stream: exact verification keeps the kept documents' shingle sets in a
+            # memory-mapped file of the work folder (removed with it), not in the heap
+            self.minhash = MinHashDeduper(dedupe.minhash, sets_file=work / "minhash-sets.u32") \
+                if stream else None
+            if not stream:
+                workers = cfg.run.workers or available_cores()
+                # a few partitions per parallel slot, so a slow partition does not hold up the end
+                self.shuffle = NearShuffle(dedupe.minhash, work, max(2, 4 * workers),
+                                           cfg.run.executor == "ray", cfg.run.ray_cpus_per_task)
+            if cfg.run.dedupe_report:
+                self.report = AtomicFile(cfg.run.dedupe_report)
+        self.counts: Counter[str] = Counter()
+        self.seconds: Counter[str] = Counter()
+        self.kinds = np.zeros(len(KIND_NAMES), np.int64)
+        self.target_tokens = 0
+        self.line_offset = [0] * len(files)  # lines consumed so far per file (byte-range tasks)
+
+    def add(self, res: TaskResult) -> None:
+        f = res.task.file
+        off = self.line_offset[f]
+        self.line_offset[f] += res.n_lines
+        for line, reason, detail, excerpt in res.bad:
+            self.quarantine.add(f, off + line, reason, detail, excerpt)
+        c = res.counts
+        self.counts.update(records_read=c.records_read, blank_lines=c.blank_lines,
+                           exact_duplicates=c.exact_duplicates, text_chars=c.text_chars)
+        self.counts.update({f"repaired_{k}": v for k, v in c.repaired.items()})
+        self.seconds.update(res.seconds)
+        keep = np.ones(len(res.lengths), dtype=np.bool_)
+        if self.exact is not None and res.digests is not None:
+            keep &= self.exact.insert(res.digests)
+            self.counts["exact_duplicates"] += int(len(keep) - keep.sum())
+        if res.signatures is not None and keep.any():
+            self._near(res, keep, doc_id(f, off + res.lines))
+        self.kinds += np.bincount(res.kinds[keep], minlength=len(KIND_NAMES))
+        self.target_tokens += int(res.targets[keep].sum())
+        self.spill.append_task(res.lengths, keep, res.ids_path, res.mask_path)
+
+    def _near(self, res: TaskResult, keep: np.ndarray, ids: np.ndarray) -> None:
+        from ..dedupe.minhash import take_sets
+
+        idx = np.flatnonzero(keep)
+        doc_ids = ids[idx]
+        sets = (take_sets((res.set_values, res.set_offsets), idx)
+                if res.set_values is not None and res.set_offsets is not None else None)
+        if self.shuffle is not None:  # decided after the last task, by the shuffle
+            self.shuffle.add(res, idx, doc_ids, sets, self.spill.docs)
+            return
+        assert res.signatures is not None
+        mh = self.minhash.add(res.signatures[idx], doc_ids, sets)
+        keep[idx] = mh.keep
+        self.counts["near_duplicates"] += int(len(idx) - mh.keep.sum())
+        if self.report is not None:
+            _report(self.report, self.files, doc_ids, mh)
+
+    def finish(self) -> None:
+        """Resolve the band shuffle (if any) after the last task."""
+        if self.shuffle is None:
+            return
+        removed = self.shuffle.resolve(self.report, self.files)
+        self.spill.drop(removed.positions)
+        self.counts["near_duplicates"] += len(removed.positions)
+        self.kinds -= np.bincount(removed.kinds, minlength=len(KIND_NAMES))
+        self.target_tokens -= int(removed.targets.sum())
+
+    def dedupe_record(self, cfg: PrepareConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the manifest's ``dedupe`` section, the near-dedupe method's costs for the stats).
+
+        How near duplicates were found depends on the method, what was found does not: the
+        manifest holds the parameters, the run's stats the method's costs."""
+        dedupe = cfg.recipe.dedupe
+        out: dict[str, Any] = {"exact": dedupe.exact,
+                               "exact_index_bytes": self.exact.nbytes if self.exact else 0}
+        near: dict[str, Any] = {}
+        if dedupe.minhash is not None:
+            out["minhash"] = dedupe.minhash.params()
+            if self.shuffle is not None:
+                near = self.shuffle.stats
+            else:
+                near = {"method": "stream", "index_bytes": self.minhash.nbytes,
+                        "bytes_per_doc": round(self.minhash.bytes_per_doc, 1),
+                        "sets_file_bytes": self.minhash.sets_file_bytes}
+        return out, near
+
+    def release_indexes(self) -> None:
+        """The dedupe indexes are done with: their per-document memory must not add to the
+        packing plan's."""
+        self.exact = self.minhash = self.shuffle = None
+
+    def close_report(self, ok: bool) -> None:
+        if self.report is not None:
+            self.report.commit() if ok else self.report.discard()
+            self.report = None

@@ -1,0 +1,278 @@
+"""``fastprep prepare``: read -> clean -> dedupe (exact, then MinHash) -> tokenize -> pack -> write.
+
+Data moves one way. Inputs are cut into tasks (:mod:`fastprep.pipeline.tasks`: whole files, or
+byte ranges of big JSONL files); worker processes read, clean, hash and tokenize a task and
+spill its token ids to the work folder (``.fastprep-work``). The driver takes results strictly
+in task order (:mod:`fastprep.pipeline.merge`): it quarantines bad records with global line
+numbers, removes exact and near duplicates, and appends the task's tokens to one spill file,
+keeping only 8 bytes per document (its length) in memory.
+
+After the last task the packer plans rows over the lengths (removed documents count as length
+0, so they produce no piece; :mod:`fastprep.stages.pack`) and the rows are gathered from the
+token spill block by block (:mod:`fastprep.pipeline.rows`) into shards
+(:mod:`fastprep.dataset.write`). Peak memory is bounded by the batch size, the block size and
+~130 bytes per document (lengths, offsets, the exact-dedupe table, the packing plan), not by
+the corpus size; streaming MinHash adds its index.
+
+Same input + same recipe = same bytes, whatever the number of workers, task size or batch size:
+input files are sorted, results merge in task order, deduplication keeps the first occurrence,
+rows are shuffled with a fixed seed, and the manifest holds no timestamps, timings or
+parallelism settings.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..dataset.format import (QUARANTINE_FILE, TOKENIZER_FILE, WORK_DIR, Manifest, ids_dtype,
+                              segment_dtype)
+from ..dataset.write import ShardWriter
+from ..io import atomic_write_bytes
+from ..stages.pack import PackPlan, plan
+from ..stages.read import expand_paths, file_kind, file_sizes
+from ..stages.records import KIND_NAMES
+from ..stages.tokenize import TokenizerBundle
+from . import outdir
+from .config import PrepareConfig
+from .executor import ExecutorOptions, available_cores, run_in_order, runs_inline
+from .merge import Merger
+from .progress import Progress
+from .quarantine import Quarantine
+from .rows import row_blocks, warm_kernels
+from .spill import RunSpill
+from .tasks import Task, TaskResult, TaskSpec, TaskStrictError, load_result, plan_tasks, run_task
+
+
+@dataclass
+class PrepareStats:
+    """What a run did: the manifest's counts plus timings (timings never enter the manifest)."""
+
+    out: str
+    counts: dict[str, Any]
+    packing: dict[str, Any]
+    seconds: dict[str, float]
+    manifest: Manifest
+    notes: list[str] = field(default_factory=list)
+    # MinHash method and its costs: "stream" (index_bytes, bytes_per_doc, sets_file_bytes) or
+    # "shuffle" (partitions, candidate_pairs, verified_pairs, files_bytes); empty without MinHash
+    near_dedupe: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": self.out, "counts": self.counts, "packing": self.packing, "seconds": self.seconds,
+                "near_dedupe": self.near_dedupe, "notes": self.notes}
+
+
+@dataclass
+class _Run:
+    """The run as resolved before the first task: what every later step reads."""
+
+    cfg: PrepareConfig
+    files: list[str]
+    bundle: TokenizerBundle
+    out: Path
+    work: Path
+    tasks: list[Task]
+    workers: int
+    notes: list[str]
+
+    @property
+    def ids_dt(self) -> np.dtype:
+        return ids_dtype(self.bundle.vocab_size)
+
+    @property
+    def seg_dt(self) -> np.dtype:
+        return segment_dtype(self.cfg.recipe.pack.seq_len)
+
+    def task_spec(self) -> TaskSpec:
+        r = self.cfg.recipe
+        return TaskSpec(read=r.read, records=r.records, clean=r.clean, exact=r.dedupe.exact,
+                        minhash=r.dedupe.minhash, tokenizer=self.bundle.spec,
+                        batch_bytes=self.cfg.run.batch_bytes, strict=self.cfg.run.strict)
+
+    def executor(self) -> ExecutorOptions:
+        run = self.cfg.run
+        return ExecutorOptions(kind=run.executor, workers=self.workers,
+                               ray_address=run.ray_address, ray_cpus_per_task=run.ray_cpus_per_task)
+
+
+def _resolve(cfg: PrepareConfig) -> _Run:
+    """Inputs, tokenizer and output folder, checked before any work starts."""
+    recipe = cfg.recipe
+    files = expand_paths(recipe.read.paths)
+    bundle = TokenizerBundle(recipe.tokenize)
+    if recipe.records.shape in ("auto", "chat") and any(
+            file_kind(f) in ("jsonl", "parquet") for f in files):
+        bundle.renderer  # compile the chat template now: a broken one is a config error
+    workers = cfg.run.workers or available_cores()
+    notes: list[str] = []
+    fp = outdir.fingerprint(cfg, files, bundle.spec)
+    task_bytes = outdir.claim(cfg, fp, notes)
+    out = Path(cfg.run.out)
+    work = out / WORK_DIR
+    if task_bytes is None:
+        total_bytes = sum(os.path.getsize(f) for f in files)
+        # ~16 tasks per worker (1-64 MiB each): the last task runs alone while other workers
+        # idle, so smaller tasks shorten that tail; per-task cost is a few file opens.
+        task_bytes = cfg.run.task_bytes or int(min(64 << 20, max(1 << 20, total_bytes // (workers * 16) + 1)))
+        outdir.start_work(work, fp, task_bytes)
+    return _Run(cfg, files, bundle, out, work, plan_tasks(files, task_bytes), workers, notes)
+
+
+def _merge_tasks(run: _Run, merger: Merger, quarantine: Quarantine, progress: Progress) -> None:
+    """Run every task (reusing those an interrupted run saved) and merge them in task order."""
+    itemsize = run.ids_dt.itemsize
+    done = {t.index for t in run.tasks if load_result(t, run.work, itemsize) is not None}
+    if done:
+        run.notes.append(f"resumed an interrupted run: {len(done)} of {len(run.tasks)} tasks were "
+                         f"already done")
+    opts = run.executor()
+    warm: threading.Thread | None = None
+    args = (run.cfg.recipe.pack, run.cfg.recipe.dedupe.exact, run.ids_dt, run.seg_dt)
+    if runs_inline(opts, len(run.tasks) - len(done)):
+        # tasks run here and call parallel numba kernels (MinHash signatures); numba's
+        # workqueue threading layer aborts on parallel launches from two threads at once
+        warm_kernels(*args)
+    else:
+        warm = threading.Thread(target=warm_kernels, args=args, name="fastprep-warm-kernels",
+                                daemon=True)
+        warm.start()
+    fn = functools.partial(run_task, spec=run.task_spec(), work=str(run.work))
+    try:
+        for task in run_in_order(fn, run.tasks, done, opts):
+            merger.add(_load(task, run.work, itemsize))
+            progress.update(merger.counts["records_read"], merger.counts["text_chars"],
+                            merger.spill.tokens)
+    except TaskStrictError as e:
+        t = run.tasks[e.task]
+        raise quarantine.strict_error(t.file, merger.line_offset[t.file] + e.line, e.reason,
+                                      e.detail) from None
+    finally:
+        if warm is not None:
+            warm.join()  # a daemon thread inside numba must not meet the interpreter's exit
+    t = time.perf_counter()
+    merger.finish()
+    if merger.shuffle is not None:
+        merger.seconds["minhash_shuffle"] = time.perf_counter() - t
+
+
+def _load(task: Task, work: Path, itemsize: int) -> TaskResult:
+    r = load_result(task, work, itemsize)
+    if r is None:
+        raise RuntimeError(f"the saved result of task {task.index} ({task.path}) is missing "
+                           f"or inconsistent in {work}; was the folder changed during the run?")
+    return r
+
+
+def _write(run: _Run, spill: RunSpill, writer: ShardWriter, block: int,
+           seconds: dict[str, float]) -> PackPlan:
+    """Plan the packing over the spill's lengths and write every row into shards."""
+    t = time.perf_counter()
+    lengths, planned, has_mask = spill.finish()
+    doc_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=doc_offsets[1:])
+    del lengths
+    packing = plan(planned, run.cfg.recipe.pack)  # removed duplicates have length 0: no piece
+    del planned
+    seconds["pack"] = time.perf_counter() - t
+    for rows in row_blocks(packing, doc_offsets, spill.files.ids_path,
+                           spill.files.mask_path if has_mask else None, block,
+                           run.bundle.pad_id, run.ids_dt, run.seg_dt):
+        writer.add(rows)
+    return packing
+
+
+def _counts(merger: Merger, quarantine: Quarantine, packing: PackPlan, L: int) -> dict[str, Any]:
+    """The manifest's ``counts`` section."""
+    c = merger.counts
+    dropped = dict(sorted(quarantine.counts.items()))
+    return {
+        "records_read": c["records_read"], "records_kept": int(merger.kinds.sum()),
+        "dropped": dropped, "dropped_total": sum(dropped.values()),
+        "exact_duplicates": c["exact_duplicates"], "near_duplicates": c["near_duplicates"],
+        "blank_lines": c["blank_lines"],
+        "repaired": {k[len("repaired_"):]: v for k, v in sorted(c.items()) if k.startswith("repaired_")},
+        "documents_by_shape": {n: int(k) for n, k in zip(KIND_NAMES, merger.kinds) if k},
+        **packing.counts(), "target_tokens": merger.target_tokens, "text_chars": c["text_chars"],
+    }
+
+
+def _shard_rows(run: _Run) -> int:
+    L = run.cfg.recipe.pack.seq_len
+    return run.cfg.recipe.shard_rows or max(1, (256 << 20) // (L * run.ids_dt.itemsize))
+
+
+def prepare(cfg: PrepareConfig) -> PrepareStats:
+    """Run the whole preparation; return the statistics the CLI prints.
+
+    Raises ``InputError``/``TokenizerError``/``OutputError``/``StrictError``/``ValueError`` with a
+    one-line message for unusable inputs or configuration, ``OSError`` for disk failures; no
+    manifest is written unless the run completes, so a failed run never looks finished.
+    """
+    t_start = time.perf_counter()
+    run = _resolve(cfg)
+    recipe, L = cfg.recipe, cfg.recipe.pack.seq_len
+    quarantine = Quarantine(run.out / QUARANTINE_FILE, run.files, cfg.run.strict)
+    progress = Progress(cfg.run.progress)
+    spill = RunSpill(run.work)
+    merger = Merger(cfg, run.files, run.work, quarantine, spill)
+    writer: ShardWriter | None = None
+    seconds: dict[str, float] = {}
+    try:
+        t = time.perf_counter()
+        _merge_tasks(run, merger, quarantine, progress)
+        seconds["tasks_wall"] = time.perf_counter() - t
+        dedupe_out, near_out = merger.dedupe_record(cfg)
+        merger.release_indexes()
+        progress.message("packing and writing shards")
+        t = time.perf_counter()
+        shard_rows = _shard_rows(run)
+        dtypes = {"input_ids": run.ids_dt, "segment_ids": run.seg_dt}
+        if spill.files.has_mask:
+            dtypes["loss_mask"] = np.dtype(np.uint8)
+        writer = ShardWriter(run.out, L, dtypes, shard_rows)
+        # ~4M tokens per block (2,048 rows at L = 2048), at most one shard
+        packing = _write(run, spill, writer, max(1, min(shard_rows, (4 << 20) // L)), seconds)
+        atomic_write_bytes(run.out / TOKENIZER_FILE, run.bundle.json_bytes)
+        quarantine.close()
+        merger.close_report(ok=True)
+        counts = _counts(merger, quarantine, packing, L)
+        pack_out = {"mode": recipe.pack.mode, "long_policy": recipe.pack.long_policy,
+                    "efficiency": round(packing.efficiency, 6),
+                    "dropped_token_share": round(packing.tokens_dropped / max(packing.tokens_in, 1), 6)}
+        manifest = writer.finish(
+            fastprep_version=__version__,
+            tokenizer={**run.bundle.describe(), "file": TOKENIZER_FILE},
+            recipe=recipe.record(), inputs=file_sizes(run.files), counts=counts,
+            packing=pack_out, dedupe=dedupe_out)
+        seconds.update(merger.seconds)
+        seconds["write"] = time.perf_counter() - t - seconds["pack"]
+        seconds["total"] = time.perf_counter() - t_start
+        seconds["workers"] = run.workers
+        progress.close()
+        shutil.rmtree(run.work, ignore_errors=True)
+        return PrepareStats(out=str(run.out), counts=counts, packing=pack_out,
+                            seconds={k: round(v, 3) for k, v in seconds.items()},
+                            manifest=manifest, notes=run.notes, near_dedupe=near_out)
+    except BaseException as e:
+        progress.close()
+        quarantine.abort()
+        spill.close()
+        merger.close_report(ok=False)
+        if writer is not None:
+            writer.abort()
+        if isinstance(e, ValueError):
+            # The input or configuration must change before a rerun: nothing worth resuming.
+            shutil.rmtree(run.work, ignore_errors=True)
+        # Otherwise (disk full, interrupt, crash) finished tasks stay in the work folder and the
+        # next run with the same recipe and inputs resumes from them.
+        raise

@@ -1,0 +1,431 @@
+"""Work units and the task function: read -> map -> clean -> in-task dedupe -> sign -> encode -> spill.
+
+A task is a whole input file or, for large uncompressed JSON Lines files, a byte range of one
+(split at line boundaries by the reader), with a deterministic index in input order. Tasks are
+the unit of parallelism (:mod:`fastprep.pipeline.executor`); the driver merges their results
+strictly in task order, so the output does not depend on how many run at once.
+
+A task writes its token ids (and loss mask) to ``<work>/task-<index>.*.bin`` and returns only
+small per-document arrays: lengths, 128-bit digests for exact deduplication, optional MinHash
+signatures (4 bytes per permutation) and shingle sets, kinds, line numbers and target-token
+counts. Exact copies inside a task are dropped before tokenizing; copies across tasks and near
+duplicates are decided by the driver in input order and masked out of packing (their tokens
+were computed in vain, a cost bounded by the duplicate rate).
+
+Everything a worker needs comes in a :class:`TaskSpec` the driver built once (the tokenizer as
+the driver resolved it, never re-derived from the configuration here).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ..dataset.format import ids_dtype
+from ..dedupe.minhash import MinHashConfig
+from ..io import AtomicFile
+from ..stages.clean import CleanConfig
+from ..stages.read import Raw, ReadConfig, read_file, read_jsonl, splittable
+from ..stages.records import Doc, RecordConfig
+from ..stages.tokenize import Encoded, TokenizerSpec
+from .quarantine import excerpt
+from .spill import TokenFiles
+
+
+@dataclass(frozen=True)
+class Task:
+    index: int
+    file: int            # index into the sorted input file list
+    path: str
+    start: int = 0       # byte range of an uncompressed JSONL file; (0, None) = whole file
+    end: int | None = None
+    size: int = 0        # bytes, for largest-first scheduling and progress
+
+
+def plan_tasks(files: list[str], target_bytes: int) -> list[Task]:
+    """Whole files, with uncompressed JSON Lines files larger than 2 x target cut into ranges."""
+    tasks: list[Task] = []
+    for i, path in enumerate(files):
+        size = os.path.getsize(path)
+        if splittable(path) and size > 2 * target_bytes:
+            n = -(-size // target_bytes)
+            bounds = [size * k // n for k in range(n + 1)]
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                tasks.append(Task(len(tasks), i, path, a, b, b - a))
+        else:
+            tasks.append(Task(len(tasks), i, path, 0, None, size))
+    return tasks
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What every task of a run needs, built once by the driver and shipped with each task."""
+
+    read: ReadConfig
+    records: RecordConfig
+    clean: CleanConfig
+    exact: bool
+    minhash: MinHashConfig | None
+    tokenizer: TokenizerSpec
+    batch_bytes: int
+    strict: bool
+
+    @property
+    def ids_dtype(self) -> np.dtype:
+        return ids_dtype(self.tokenizer.vocab_size)
+
+
+class TaskStrictError(ValueError):
+    """A bad record under --strict inside a task; the driver rewrites its line number globally."""
+
+    def __init__(self, task: int, line: int, reason: str, detail: str) -> None:
+        super().__init__(task, line, reason, detail)
+        self.task, self.line, self.reason, self.detail = task, line, reason, detail
+
+
+@dataclass
+class TaskCounts:
+    """Every counter a task keeps; the driver adds them up in task order."""
+
+    records_read: int = 0      # raw records (lines/rows), bad ones included, blank lines not
+    blank_lines: int = 0
+    exact_duplicates: int = 0  # copies of an earlier document of the same task
+    repaired: Counter[str] = field(default_factory=Counter)  # by kind: utf8, cleaning
+    text_chars: int = 0        # characters of the documents that reached tokenization
+
+    def to_json(self) -> dict[str, Any]:
+        return {"records_read": self.records_read, "blank_lines": self.blank_lines,
+                "exact_duplicates": self.exact_duplicates, "repaired": dict(self.repaired),
+                "text_chars": self.text_chars}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TaskCounts:
+        return cls(records_read=d["records_read"], blank_lines=d["blank_lines"],
+                   exact_duplicates=d["exact_duplicates"], repaired=Counter(d["repaired"]),
+                   text_chars=d["text_chars"])
+
+
+@dataclass
+class TaskResult:
+    task: Task
+    n_lines: int                          # raw records (lines/rows) consumed, for global line numbers
+    bad: list[tuple[int, str, str, Any]]  # (local line, reason, detail, excerpt)
+    counts: TaskCounts
+    lengths: np.ndarray                   # int64 [docs]
+    lines: np.ndarray                     # int64 [docs], local line numbers
+    kinds: np.ndarray                     # uint8 [docs]
+    targets: np.ndarray                   # int64 [docs], target tokens per document
+    digests: np.ndarray | None            # uint64 [docs, 2]
+    signatures: np.ndarray | None         # MinHash signatures [docs, num_perm]
+    set_values: np.ndarray | None         # uint32 shingle sets MinHash compares (verify="exact")
+    set_offsets: np.ndarray | None        # int64 [docs + 1] into set_values
+    ids_path: str
+    mask_path: str | None                 # None when every document is plain text
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# ---- the stages of one task ---------------------------------------------------------------
+
+_STATE: dict[str, Any] = {}
+
+
+def _stages(spec: TaskSpec) -> dict[str, Any]:
+    """Per-process stage objects, built once per run (tokenizer load, template compile)."""
+    if _STATE.get("spec") != spec:
+        from ..stages.clean import Cleaner
+        from ..stages.records import RecordMapper
+        from ..stages.tokenize import Encoder, TokenizerBundle
+
+        _STATE.clear()
+        _STATE.update(spec=spec, mapper=RecordMapper(spec.records), cleaner=Cleaner(spec.clean),
+                      encoder=Encoder(TokenizerBundle.from_spec(spec.tokenizer)))
+    return _STATE
+
+
+class _BadRecords:
+    """Bad records of a task with their local line numbers; under --strict the first one stops
+    the task."""
+
+    def __init__(self, task: int, strict: bool) -> None:
+        self.task, self.strict = task, strict
+        self.items: list[tuple[int, str, str, Any]] = []
+
+    def add(self, line: int, reason: str, detail: str, raw: Any = "") -> None:
+        if self.strict:
+            raise TaskStrictError(self.task, line, reason, detail)
+        self.items.append((line, reason, detail, excerpt(raw)))
+
+
+def _raws(task: Task, cfg: ReadConfig) -> Iterator[Raw]:
+    if task.end is not None:
+        return read_jsonl(task.path, task.file, cfg, task.start, task.end)
+    return read_file(task.path, task.file, cfg)
+
+
+def _doc_chars(doc: Doc) -> int:
+    if doc.kind == 0:
+        return len(doc.text)
+    if doc.kind == 1:
+        return len(doc.prompt) + len(doc.completion)
+    return sum(len(c) for _, c in doc.messages)
+
+
+def _documents(raws: Iterable[Raw], st: dict[str, Any], counts: TaskCounts,
+               bad: _BadRecords) -> Iterator[Doc]:
+    """read -> map -> clean: the documents of the raw records, bad ones quarantined."""
+    from ..stages.records import RecordError
+
+    mapper, cleaner = st["mapper"], st["cleaner"]
+    for raw in raws:
+        if raw.bad is not None:
+            if raw.bad.reason == "blank_line":
+                counts.blank_lines += 1
+            else:
+                counts.records_read += 1
+                bad.add(raw.line, raw.bad.reason, raw.bad.detail, raw.bad.excerpt)
+            continue
+        counts.records_read += 1
+        if raw.repaired:
+            counts.repaired[raw.repaired] += 1
+        try:
+            doc = mapper(raw.value, raw.file, raw.line)
+            if cleaner(doc):
+                counts.repaired["cleaning"] += 1
+        except RecordError as e:
+            bad.add(raw.line, e.reason, e.detail, raw.value)
+            continue
+        counts.text_chars += _doc_chars(doc)
+        yield doc
+
+
+def _batches(docs: Iterable[Doc], batch_chars: int) -> Iterator[list[Doc]]:
+    """Consecutive documents, cut once a batch holds ``batch_chars`` characters."""
+    batch: list[Doc] = []
+    size = 0
+    for doc in docs:
+        batch.append(doc)
+        size += _doc_chars(doc)
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+class _InTaskDedupe:
+    """Exact copies inside one task are dropped before tokenizing (tokenizing them would be
+    wasted work); the driver still removes copies across tasks, so the kept set is the same
+    first occurrences whatever the task boundaries."""
+
+    def __init__(self) -> None:
+        self.seen: set[bytes] = set()  # 16-byte digests (+ ~60 B of set overhead each)
+
+    def __call__(self, docs: list[Doc], counts: TaskCounts) -> tuple[list[Doc], np.ndarray]:
+        from ..dedupe.exact import ExactDeduper
+        from ..stages.records import dedupe_key
+
+        d = ExactDeduper.digests([dedupe_key(doc) for doc in docs])
+        first = np.ones(len(docs), dtype=np.bool_)
+        for i, key in enumerate(map(bytes, d)):
+            if key in self.seen:
+                first[i] = False
+            else:
+                self.seen.add(key)
+        if first.all():
+            return docs, d
+        counts.exact_duplicates += int(len(docs) - first.sum())
+        return [doc for doc, k in zip(docs, first) if k], d[first]
+
+
+@dataclass
+class _Batch:
+    """One batch's documents and what the stages computed for them, aligned."""
+
+    docs: list[Doc]
+    digests: np.ndarray | None = None
+    sigs: np.ndarray | None = None
+    sets: tuple[np.ndarray, np.ndarray] | None = None
+
+    def keep(self, keep: np.ndarray) -> None:
+        """Keep only the documents where ``keep`` is True (e.g. those that encoded)."""
+        from ..dedupe.minhash import take_sets
+
+        self.docs = [d for d, k in zip(self.docs, keep) if k]
+        if self.digests is not None:
+            self.digests = self.digests[keep]
+        if self.sigs is not None:
+            self.sigs = self.sigs[keep]
+        if self.sets is not None:
+            self.sets = take_sets(self.sets, np.flatnonzero(keep))
+
+
+def _sign(batch: _Batch, cfg: MinHashConfig) -> None:
+    from ..dedupe.minhash import signatures_and_sets
+    from ..stages.records import similarity_text
+
+    batch.sigs, batch.sets = signatures_and_sets([similarity_text(d) for d in batch.docs], cfg)
+
+
+class _TaskOutput:
+    """The task's spill files and per-document arrays, collected batch by batch."""
+
+    def __init__(self, work: str, task: Task, dtype: np.dtype, spec: TaskSpec) -> None:
+        self.task, self.dtype, self.spec = task, dtype, spec
+        self.files = TokenFiles(task_file(work, task, "ids.bin"),
+                                task_file(work, task, "loss_mask.bin"), atomic=True)
+        self.parts: dict[str, list[Any]] = {k: [] for k in
+                                             ("lengths", "targets", "digests", "sigs", "sets")}
+        self.lines: list[int] = []
+        self.kinds: list[int] = []
+
+    def add(self, batch: _Batch, enc: Encoded) -> None:
+        self.files.append(enc.ids.astype(self.dtype, copy=False), enc.loss_mask)
+        if enc.loss_mask is not None:
+            bounds = np.concatenate([[0], np.cumsum(enc.lengths)[:-1]]).astype(np.int64)
+            targets = (np.add.reduceat(enc.loss_mask.astype(np.int64), bounds)
+                       if len(enc.loss_mask) else np.zeros(len(enc.lengths), np.int64))
+        else:
+            targets = enc.lengths.copy()
+        self.parts["targets"].append(targets)
+        self.parts["lengths"].append(enc.lengths)
+        self.lines.extend(d.line for d in batch.docs)
+        self.kinds.extend(d.kind for d in batch.docs)
+        for key, value in (("digests", batch.digests), ("sigs", batch.sigs), ("sets", batch.sets)):
+            if value is not None:
+                self.parts[key].append(value)
+
+    def add_digests(self, digests: np.ndarray) -> None:
+        """Digests of a batch that left nothing to encode (all in-task copies)."""
+        self.parts["digests"].append(digests)
+
+    def finish(self, n_lines: int, bad: _BadRecords, counts: TaskCounts,
+               seconds: dict[str, float]) -> TaskResult:
+        from ..dedupe.minhash import concat_sets
+
+        self.files.commit()
+        p, spec = self.parts, self.spec
+
+        def cat(key: str, empty: np.ndarray) -> np.ndarray:
+            return np.concatenate(p[key]) if p[key] else empty
+
+        sets = (concat_sets(p["sets"]) if spec.minhash is not None
+                and spec.minhash.verify == "exact" else None)
+        return TaskResult(
+            task=self.task, n_lines=n_lines, bad=bad.items, counts=counts,
+            lengths=cat("lengths", np.zeros(0, np.int64)),
+            lines=np.asarray(self.lines, dtype=np.int64),
+            kinds=np.asarray(self.kinds, dtype=np.uint8),
+            targets=cat("targets", np.zeros(0, np.int64)),
+            digests=cat("digests", np.zeros((0, 2), np.uint64)) if spec.exact else None,
+            signatures=(np.concatenate(p["sigs"]) if p["sigs"] else None)
+            if spec.minhash is not None else None,
+            set_values=None if sets is None else sets[0],
+            set_offsets=None if sets is None else sets[1],
+            ids_path=str(self.files.ids_path),
+            mask_path=str(self.files.mask_path) if self.files.has_mask else None,
+            seconds=seconds)
+
+
+def run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
+    """Process one task; safe to call in a worker process or inline. The result is saved in
+    the work folder (the resume unit) and returned."""
+    st = _stages(spec)
+    counts, bad = TaskCounts(), _BadRecords(task.index, spec.strict)
+    seconds: Counter[str] = Counter()
+    in_task = _InTaskDedupe() if spec.exact else None
+    out = _TaskOutput(work, task, spec.ids_dtype, spec)
+    raws = _Counted(_raws(task, spec.read))
+    t_task = time.perf_counter()
+    try:
+        for docs in _batches(_documents(raws, st, counts, bad), spec.batch_bytes):
+            batch = _Batch(docs)
+            if in_task is not None:
+                batch.docs, batch.digests = in_task(batch.docs, counts)
+                if not batch.docs:
+                    out.add_digests(batch.digests)
+                    continue
+            if spec.minhash is not None:
+                t = time.perf_counter()
+                _sign(batch, spec.minhash)
+                seconds["minhash_signatures"] += time.perf_counter() - t
+            t = time.perf_counter()
+            enc = st["encoder"](batch.docs)
+            seconds["tokenize"] += time.perf_counter() - t
+            if not enc.keep.all():
+                for i, reason, detail in enc.errors:
+                    bad.add(batch.docs[i].line, reason, detail)
+                batch.keep(enc.keep)
+            out.add(batch, enc)
+        seconds["task"] = time.perf_counter() - t_task
+        res = out.finish(raws.n, bad, counts, dict(seconds))
+    finally:
+        out.files.close()
+    save_result(res, work)
+    return res
+
+
+class _Counted:
+    """An iterator that counts what it hands out (raw records consumed, for global lines)."""
+
+    def __init__(self, it: Iterator[Raw]) -> None:
+        self.it, self.n = it, 0
+
+    def __iter__(self) -> Iterator[Raw]:
+        for item in self.it:
+            self.n += 1
+            yield item
+
+
+# ---- persistence: a finished task survives a crash of the run ------------------------------
+
+def task_file(work: str | Path, task: Task, suffix: str) -> Path:
+    return Path(work) / f"task-{task.index:06d}.{suffix}"
+
+
+_ARRAYS = ("lengths", "lines", "kinds", "targets", "digests", "signatures", "set_values",
+           "set_offsets")
+
+
+def save_result(res: TaskResult, work: str | Path) -> None:
+    """Arrays to ``.npz`` (no pickle), the rest to ``.json``, each renamed into place; the JSON is
+    written last, so its presence means the task's files are complete."""
+    with AtomicFile(task_file(work, res.task, "meta.npz")) as f:
+        np.savez(f.file, **{k: getattr(res, k) for k in _ARRAYS if getattr(res, k) is not None})
+    meta = {"n_lines": res.n_lines, "bad": res.bad, "counts": res.counts.to_json(),
+            "has_mask": res.mask_path is not None, "seconds": res.seconds,
+            "task": [res.task.file, res.task.start, res.task.end]}
+    with AtomicFile(task_file(work, res.task, "json")) as f:
+        f.write(orjson.dumps(meta))
+
+
+def load_result(task: Task, work: str | Path, itemsize: int) -> TaskResult | None:
+    """The saved result of ``task``, or None when absent or inconsistent (then it is rerun)."""
+    done = task_file(work, task, "json")
+    try:
+        meta = orjson.loads(done.read_bytes())
+        if meta["task"] != [task.file, task.start, task.end]:
+            return None
+        with np.load(task_file(work, task, "meta.npz"), allow_pickle=False) as z:
+            arrays = {k: z[k] if k in z.files else None for k in _ARRAYS}
+        ids_path = task_file(work, task, "ids.bin")
+        mask_path = task_file(work, task, "loss_mask.bin") if meta["has_mask"] else None
+        n_tokens = int(arrays["lengths"].sum())
+        if ids_path.stat().st_size != n_tokens * itemsize:
+            return None
+        if mask_path is not None and mask_path.stat().st_size != n_tokens:
+            return None
+        counts = TaskCounts.from_json(meta["counts"])
+    except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        return None
+    return TaskResult(task=task, n_lines=meta["n_lines"], bad=[tuple(b) for b in meta["bad"]],
+                      counts=counts, ids_path=str(ids_path),
+                      mask_path=str(mask_path) if mask_path else None, seconds=meta["seconds"],
+                      **arrays)

@@ -1,0 +1,1 @@
+"""One transform each (read, map records, clean, render chats, tokenize, pack); no pipeline knowledge."""

@@ -1,0 +1,117 @@
+"""Cleaning: repair what is broken, drop what is unusable, and say why.
+
+Repairs, in order, each optional: CRLF/CR newlines to LF; removal of control characters (C0 except
+tab and newline, DEL, C1) and of stray byte-order marks / non-characters; Unicode normalisation
+(NFC by default, NFKC on request); stripping of leading and trailing whitespace (of the whole record: a prompt keeps
+its trailing and a completion its leading whitespace, which belong to the boundary the model learns). Then filters:
+documents whose cleaned size is below ``min_chars`` or above ``max_chars`` are dropped (``empty``,
+``too_short``, ``too_long``); chat records with no non-empty assistant turn are dropped
+(``no_assistant_turn``), prompt records with an empty completion too (``empty``).
+
+Every step is a C-level ``str`` method (``replace``, ``translate``, ``unicodedata``), with a fast
+path that skips normalisation for text ``unicodedata.is_normalized`` accepts.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Literal
+
+from ..flags import option
+
+from .records import CHAT, PROMPT, TEXT, Doc, RecordError
+
+# C0 controls except \t (9) and \n (10); \r (13) is handled by the newline repair; DEL; C1 controls;
+# U+FEFF (BOM / zero-width no-break space inside text is almost always a concatenation artefact);
+# the non-characters U+FFFE / U+FFFF.
+_CONTROL = {c: None for c in (*range(0, 9), 11, 12, *range(14, 32), 127, *range(128, 160),
+                              0xFEFF, 0xFFFE, 0xFFFF)}
+# str.translate with a dict walks non-ASCII text character by character in Python-object
+# terms; a compiled class finds the (rare) hit first, so clean text skips it.
+_CONTROL_RE = re.compile("[" + "".join(re.escape(chr(c)) for c in _CONTROL) + "]")
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    """Text repair and length filters."""
+
+    unicode: Literal["NFC", "NFKC", "none"] = option(
+        "NFC", "Unicode normalisation: NFC composes and never changes meaning; NFKC also folds "
+        "compatibility forms (full-width letters, ligatures)")
+    fix_newlines: bool = option(True, "CRLF and lone CR become LF")
+    strip_control: bool = option(True, "keep control characters (other than tab and newline)",
+                                 flag="--keep-control", invert=True)
+    strip: bool = option(True, "remove leading and trailing whitespace")
+    min_chars: int = option(1, "drop documents shorter than this after cleaning")
+    max_chars: int = option(0, "drop documents longer than this after cleaning (0 = no limit)")
+
+    def __post_init__(self) -> None:
+        if self.unicode not in ("NFC", "NFKC", "none"):
+            raise ValueError(f"--unicode must be NFC, NFKC or none, not {self.unicode!r}")
+        if self.min_chars < 0:
+            raise ValueError("--min-chars must be >= 0")
+        if self.max_chars < 0:
+            raise ValueError("--max-chars must be >= 0 (0 = no limit)")
+        if self.max_chars and self.max_chars < self.min_chars:
+            raise ValueError("--max-chars must be >= --min-chars")
+
+
+class Cleaner:
+    """Callable: cleans a :class:`Doc` in place; returns True if any repair changed it.
+
+    Raises :class:`RecordError` for a document to drop.
+    """
+
+    def __init__(self, cfg: CleanConfig) -> None:
+        self.cfg = cfg
+        self._form = None if cfg.unicode == "none" else cfg.unicode
+
+    def text(self, s: str, strip: bool | None = None) -> str:
+        cfg = self.cfg
+        if cfg.fix_newlines and "\r" in s:
+            s = s.replace("\r\n", "\n").replace("\r", "\n")
+        if cfg.strip_control and _CONTROL_RE.search(s):
+            s = s.translate(_CONTROL)
+        if self._form is not None and not unicodedata.is_normalized(self._form, s):
+            s = unicodedata.normalize(self._form, s)
+        if cfg.strip if strip is None else strip:
+            s = s.strip()
+        return s
+
+    def _check_size(self, n: int) -> None:
+        if n == 0:
+            raise RecordError("empty", "document is empty after cleaning")
+        if n < self.cfg.min_chars:
+            raise RecordError("too_short", f"{n} characters < --min-chars {self.cfg.min_chars}")
+        if self.cfg.max_chars and n > self.cfg.max_chars:
+            raise RecordError("too_long", f"{n} characters > --max-chars {self.cfg.max_chars}")
+
+    def __call__(self, doc: Doc) -> bool:
+        if doc.kind == TEXT:
+            new = self.text(doc.text)
+            changed = new != doc.text
+            doc.text = new
+            self._check_size(len(new))
+            return changed
+        if doc.kind == PROMPT:
+            # Only the outer ends are stripped: the whitespace where prompt meets completion
+            # (" answer" after "A:") is part of what the model must learn to produce.
+            p, c = self.text(doc.prompt, strip=False), self.text(doc.completion, strip=False)
+            if self.cfg.strip:
+                p, c = p.lstrip(), c.rstrip()
+            changed = p != doc.prompt or c != doc.completion
+            doc.prompt, doc.completion = p, c
+            if not c.strip():
+                raise RecordError("empty", "completion is empty after cleaning: nothing to learn")
+            self._check_size(len(p) + len(c))
+            return changed
+        assert doc.kind == CHAT
+        msgs = [(r, self.text(c)) for r, c in doc.messages]
+        changed = msgs != doc.messages
+        doc.messages = msgs
+        if not any(r == "assistant" and c for r, c in msgs):
+            raise RecordError("no_assistant_turn", "chat has no non-empty assistant turn: nothing to learn")
+        self._check_size(sum(len(c) for _, c in msgs))
+        return changed
