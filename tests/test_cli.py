@@ -82,3 +82,15 @@ def test_read_only_output_is_a_one_line_error(tmp_path: Path, tokenizer_dir: Pat
     assert rc == 1
     assert err.strip().splitlines() == [f"fastprep: error: {out / '.fastprep-work'}: Permission denied"]
     assert list(out.iterdir()) == []  # nothing half-written
+
+
+def test_inspect_into_a_closed_pipe_exits_zero(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """`fastprep inspect DS | head` under `set -o pipefail` (as examples/finetune_chat.sh runs
+    it): the reader leaving early is not an error (was: exit 1, "Broken pipe")."""
+    p = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in make_texts(200)])
+    out = tmp_path / "ds"
+    assert main(["prepare", str(p), "--tokenizer", str(tokenizer_dir), "--seq-len", "512",
+                 "--out", str(out), "--no-progress"]) == 0
+    r = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m fastprep inspect "
+                        f"{out} --chars 100000 | true"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "Broken pipe" not in r.stderr, r.stderr

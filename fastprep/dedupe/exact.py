@@ -4,8 +4,7 @@
 128 bits make an accidental collision negligible (~1e-20 for 1e9 documents), unlike the 64-bit
 hashes some pipelines use (a collision per ~4e9 pairs means real data loss at 1e5+ documents).
 The digests live in a compact numba hash table (:mod:`fastprep.kernels.exact`), 34 bytes per
-kept document at worst; hashing runs in C (``hashlib``) at ~1 GB/s, a small cost next to
-tokenization.
+kept document at worst; hashing runs in C (``hashlib``), a small cost next to tokenization.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Algorithm (kernels in :mod:`fastprep.kernels.minhash`, which documents normalisa
 byte by byte):
 
 1. Texts become one UTF-8 buffer plus int64 offsets (``pyarrow.array(texts, large_string())``
-   buffers: 6-9 ms for 20k documents / 8 MB here, 2-4x faster than per-text ``encode`` +
-   ``b"".join``); a ``pyarrow`` string array is accepted as-is.
+   buffers, a C loop, faster than per-text ``encode`` + ``b"".join``); a ``pyarrow`` string
+   array is accepted as-is.
 2. Per document, in parallel (``prange`` over tasks of 16 documents, handed out dynamically):
    normalise (ASCII lower-case, digits -> 0, punctuation/whitespace collapse to one space,
    Latin-1 case folding, Unicode spaces and punctuation as separators), cut into word 5-grams
@@ -38,24 +38,13 @@ matches the most similar is reported (ties: the earliest kept).
 
 Memory (``MinHashDeduper.nbytes``, allocated capacity, K = 128, 18 bands): per kept document
 8 B doc id + 72 B chain links + 4 B verification stamp, plus 18 tables of 12 B cells kept at
-most half full (cells are a power of two: 432-864 B per document), plus, with
-``verify="signature"`` only, the 512 B signature; capacity is reserved for a whole batch and
-doubles, so 0.5-1.0 KB per kept document with exact verification (764 B measured in
-``fastprep prepare`` at 22.5k kept documents; 1,511 B before kept signatures were dropped from
-exact mode) and 1.0-2.0 KB with ``verify="signature"`` (1,912 B measured at 17.6k kept
-documents in 10k batches). ``verify="exact"`` also keeps every kept document's shingle set: 4 B
-per distinct shingle, about 4 B per word (~2 KB for a 500-word document). ``fastprep prepare``
-keeps them in a memory-mapped file of its work folder (``sets_file``): disk and evictable page
-cache, not heap; ``prepare --json`` reports its size (``near_dedupe.sets_file_bytes``).
-
-Measured (``benchmarks/eval_minhash.py --docs 20000``: 20k stdlib paragraphs and generated near
-duplicates, 41 words/doc, on a shared 2-core AVX2 machine): the whole keep-first pass (text in,
-keep mask out) 86.5k docs/s on 2 threads, 72k on one, with the default exact verification
-(173k docs/s with ``verify="signature"``: the difference is sorting each document's shingles);
-datasketch (``MinHash.update`` per shingle + ``MinHashLSH``) 781 docs/s, 111x slower. At
-threshold 0.8: pair recall 0.999 / precision 1.000 with exact verification, 0.976 / 0.979 with
-signature verification (its errors are the estimator's binomial noise on the 15% of pairs
-within 0.05 of the threshold; LSH itself missed 2 of 2,640 pairs).
+most half full (cells are a power of two), plus, with ``verify="signature"`` only, the 512 B
+signature; capacity is reserved for a whole batch and doubles. ``verify="exact"`` also keeps
+every kept document's shingle set: 4 B per distinct shingle, about 4 B per word.
+``fastprep prepare`` keeps them in a memory-mapped file of its work folder (``sets_file``):
+disk and evictable page cache, not heap; ``prepare --json`` reports its size
+(``near_dedupe.sets_file_bytes``). Bytes per document as measured, speed against datasketch and
+pair recall/precision at 0.8 (``benchmarks/eval_minhash.py``) are in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -226,7 +215,7 @@ def _splitmix64(state: int, count: int) -> list[int]:
     return out
 
 
-def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(a, b) uint64 [num_perm]; a odd so x -> a x + b is a bijection of 64-bit words."""
     vals = _splitmix64(int(seed), 2 * int(num_perm))
     a = np.array([v | 1 for v in vals[:num_perm]], dtype=np.uint64)
@@ -269,7 +258,7 @@ def signatures_and_sets(texts: Texts, cfg: MinHashConfig
     compares (see :func:`shingle_sets`), from one pass over the text. This is what worker
     processes compute; :meth:`MinHashDeduper.add` takes both."""
     buf, offsets = utf8_buffer(texts)
-    a, b = _permutations(cfg.num_perm, cfg.seed)
+    a, b = permutations(cfg.num_perm, cfg.seed)
     want = cfg.verify == "exact"
     with _chunksize():
         sigs, _, vals, off = _kernels().minhash_signatures(buf, offsets, cfg.ngram, cfg.char_ngrams, a, b,
@@ -318,7 +307,7 @@ class MinHashDeduper:
         self.cfg = cfg
         self._sets_file = Path(sets_file) if sets_file is not None and cfg.verify == "exact" else None
         self._bands, self._rows = cfg.banding()
-        self._a, self._b = _permutations(cfg.num_perm, cfg.seed)
+        self._a, self._b = permutations(cfg.num_perm, cfg.seed)
         # J_est = equal / K >= threshold, as an integer count (no float rounding at the boundary)
         self._need = cfg.signature_need()
         self._exact = cfg.verify == "exact"

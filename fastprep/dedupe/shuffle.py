@@ -264,8 +264,8 @@ def _load_rows(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def _unique(a: np.ndarray) -> np.ndarray:
-    """Sorted unique values: ``np.sort`` + a mask (numpy 2.4's ``np.unique`` took 9.5 s for 5M
-    int64 here, sort + mask 0.13 s)."""
+    """Sorted unique values: ``np.sort`` + a mask (numpy 2.4's ``np.unique`` was ~70x slower on
+    millions of int64, ``benchmarks/README.md``)."""
     s = np.sort(a)
     if s.shape[0] < 2:
         return s
@@ -354,7 +354,7 @@ def candidate_pairs(files: Sequence[str | os.PathLike[str]], *,
         e = np.zeros(0, dtype=np.int64)
         return e, e
     # dense ranks of the documents in pairs, so a pair is one int64 code: one np.sort of the
-    # codes (0.13 s per 5M) instead of a lexsort of two id arrays (3-4 s per 5M here); ranks
+    # codes instead of a lexsort of two id arrays (~25x slower); ranks
     # keep the id order, and each run is ascending
     in_pair = np.repeat(multi, run_lens)
     uniq, rank = _unique_inverse(doc[in_pair])

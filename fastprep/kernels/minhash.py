@@ -456,7 +456,7 @@ def minhash_signatures(buf: np.ndarray, offsets: np.ndarray, ngram: int, char_ng
     the read-only input; a per-document allocation of 8 bytes per input byte cost more than the
     hashing on long documents). Band keys and the sets come
     from the same pass over the text: on a busy machine every extra parallel region costs a
-    scheduler time slice (~10 ms measured) to gather threads, and the shingles are hashed once.
+    scheduler time slice to gather threads, and the shingles are hashed once.
     """
     n = offsets.shape[0] - 1
     sigs = np.empty((n, a.shape[0]), dtype=np.uint32)

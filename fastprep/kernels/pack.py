@@ -19,11 +19,9 @@ pieces of each row out contiguously from offset 0. The kernels, in pipeline orde
 - :func:`fill_rows`     - copy the pieces of a block of rows out of the flat token array and pad
   the row ends. O(rows x L).
 
-Measured (2-core x86 container shared with other jobs, numba 0.68, after JIT warm-up, L=2048,
-the chat/prose mixture of ``benchmarks/bench_pack.py``): 1M documents (1.15M pieces) plan in
-~0.26 s wall for ``bfd`` (split_pieces ~20 ms, bfd_rows ~0.15-0.25 s, layout_rows ~0.1 s);
-10M documents in ~4 s of CPU, where layout_rows's shuffled block gather (cache misses on arrays
-larger than the caches) is about half of it. Cost grows linearly with the number of pieces.
+Cost grows linearly with the number of pieces; at tens of millions of pieces layout_rows's
+shuffled block gather (cache misses on arrays larger than the caches) dominates. Timings per
+kernel: ``benchmarks/README.md``, "Component figures".
 
 Tie-breaking is part of the contract (the output must be byte-identical across runs): pieces of
 equal length are placed in input order (document, then start), and among open rows with the same
@@ -436,9 +434,7 @@ def fill_rows(piece_doc: np.ndarray, piece_start: np.ndarray, piece_len: np.ndar
     with a scalar of the output dtype compile to memset-like loops. What costs is the gather: a
     shuffled plan reads its pieces (~1.5 KB each) from all over the token array (software
     prefetch of the next pieces gained <10%, within this machine's noise, and copying in source
-    order was slower: neither is used). Measured (2-core KVM guest, L=2048, 200k documents,
-    153M int32 tokens into uint16 rows, blocks of 8,192 rows into reused buffers): 0.269 s on
-    one thread, 0.156 s on two.
+    order was slower: neither is used; one and two threads: ``benchmarks/README.md``).
     """
     n_out, seq_len = out_ids.shape
     with_loss = out_loss.shape[0] > 0

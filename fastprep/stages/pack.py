@@ -24,16 +24,10 @@ to the first ``L`` tokens. Inside a row, pieces are in (document, start) order, 
 padding only at the end. Rows are then shuffled with ``--seed`` so that a training run does not see
 all the long documents first.
 
-Measured cost (2-core x86 container, after JIT warm-up, L=2048, ``benchmarks/bench_pack.py``
-mixture): ``plan`` on 1M documents takes ~0.26 s for ``bfd`` (3.8M docs/s), ~0.18 s for
-``concat``/``pad``; 10M documents ~4 s of CPU. Memory: the plan holds six int64 per piece
-(about one piece per document, ~50 MB per million); ``plan`` peaks at about twice that
-(measured: 1.1 GB above the input for 10M documents).
-``plan`` + ``fill_rows`` of every row (200k documents, 153M tokens, uint16, blocks of 8,192
-rows into reused buffers, 2 threads) takes ~0.17 s, ~47x faster than TRL's ``pack_dataset``
-bfd_split; copying and filling the same bytes as two contiguous streams into preallocated
-arrays (~10 GB/s here, on one thread or two) would allow ~71x: the rest is gathering pieces
-from all over the token array.
+Cost: ``plan`` is O(pieces x log L) and holds six int64 per piece (about one piece per document;
+``plan`` peaks at about twice that); ``fill_rows`` writes every output byte once. What it costs
+on this project's machine, against TRL's ``pack_dataset`` and the memory-bandwidth floor, is in
+``benchmarks/README.md`` ("Packing", from ``benchmarks/bench_pack.py``).
 """
 
 from __future__ import annotations
@@ -231,9 +225,8 @@ def _empty_rows(n: int, seq_len: int, dtype: np.dtype) -> np.ndarray:
     numpy asks for transparent huge pages on large arrays, but glibc hands out big blocks from
     ``mmap`` at an address 16 bytes past a page, and the kernel only aligns mappings whose size
     is a multiple of 2 MiB: a 2048 x 2048 uint16 block (8 MiB) got ~500 4 KiB faults per array
-    instead of 4 huge ones. Measured (2-core KVM guest, 19 blocks of 2048 x 2048 uint16 ids +
-    segment ids): 19k faults and ~0.12 s to allocate and write them, against 190 faults and
-    ~0.05 s aligned (0.03 s to write pre-faulted memory). The over-allocation (< 2 MiB) is never
+    instead of 4 huge ones (the fault counts and times are in ``benchmarks/README.md``,
+    "Component figures"). The over-allocation (< 2 MiB) is never
     touched, so it costs address space, not memory. The result is a C-contiguous view of a uint8
     buffer.
     """

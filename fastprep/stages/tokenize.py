@@ -303,96 +303,102 @@ class Encoder:
 
     def __call__(self, docs: list[Doc]) -> Encoded:
         b = self.b
-        tok = b.tokenizer
-        errors: list[tuple[int, str, str]] = []
         keep = np.ones(len(docs), dtype=np.bool_)
+        errors: list[tuple[int, str, str]] = []
         # One encode_batch_fast call for all text, prompt and completion strings of the batch.
         fast_inputs: list[str] = []
-        chat_idx: list[int] = []
-        chat_texts: list[str] = []
-        chat_spans: list[list[tuple[int, int]]] = []
-        for i, d in enumerate(docs):
+        for d in docs:
             if d.kind == TEXT:
                 fast_inputs.append(d.text)
             elif d.kind == PROMPT:
-                fast_inputs.append(d.prompt)
-                fast_inputs.append(d.completion)
-            else:
-                try:
-                    text, spans = b.renderer.render_with_spans(d.messages)
-                except TemplateError as e:
-                    keep[i] = False
-                    errors.append((i, "template_error", str(e)))
-                    continue
-                chat_idx.append(i)
-                chat_texts.append(text)
-                chat_spans.append(spans)
+                fast_inputs += (d.prompt, d.completion)
+        chat_texts, chat_spans = self._render_chats(docs, keep, errors)
+        tok = b.tokenizer
         tok.encode_special_tokens = not b.special_in_text  # "<s>" in data stays text
         fast = tok.encode_batch_fast(fast_inputs, add_special_tokens=False) if fast_inputs else []
         tok.encode_special_tokens = False  # the template's markers must be special tokens
         chat = tok.encode_batch(chat_texts, add_special_tokens=False) if chat_texts else []
-
-        if not chat_texts and not keep.size - keep.sum() and all(d.kind == TEXT for d in docs):
+        if not chat_texts and keep.all() and all(d.kind == TEXT for d in docs):
             return self._text_only(fast, keep)
-        bos = [b.bos_id] if b.add_bos else []
-        parts: list[list[int]] = []     # every document's final ids, in order
-        mask_parts: list[np.ndarray] | None = None
-        need_mask = any(d.kind != TEXT for d in docs)
-        if need_mask:
-            mask_parts = []
-        f = 0
-        c = 0
+        parts: list[list[int]] = []      # every document's final ids, in order
+        masks: list[np.ndarray] = []     # and its loss mask
+        f = c = 0
         for i, d in enumerate(docs):
             if d.kind == TEXT:
-                ids = fast[f].ids
+                full, m = self._text(fast[f].ids)
                 f += 1
-                head = bos if bos and not (ids and ids[0] == b.bos_id) else []
-                tail = [b.eos_id] if b.add_eos and not (ids and ids[-1] == b.eos_id) else []
-                full = head + ids + tail
-                if mask_parts is not None:
-                    # All ones, as when no mask is stored at all: the bytes must not depend on
-                    # which documents share a batch. (A document's first token is never a label.)
-                    mask_parts.append(np.ones(len(full), dtype=np.uint8))
             elif d.kind == PROMPT:
-                p, comp = fast[f].ids, fast[f + 1].ids
+                full, m = self._prompt(fast[f].ids, fast[f + 1].ids)
                 f += 2
-                head = bos if bos and not (p and p[0] == b.bos_id) else []
-                tail = [b.eos_id] if b.add_eos and not (comp and comp[-1] == b.eos_id) else []
-                full = head + p + comp + tail
-                m = np.zeros(len(full), dtype=np.uint8)
-                m[len(head) + len(p):] = 1
-                assert mask_parts is not None
-                mask_parts.append(m)
-            else:
-                if not keep[i]:
-                    continue
-                enc = chat[c]
-                spans = chat_spans[c]
+            elif keep[i]:
+                full, m = self._chat(chat[c], chat_spans[c])
                 c += 1
-                ids = enc.ids
-                # list of (start, end) tuples -> array in C; no per-token Python code
-                offsets = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
-                m = np.zeros(len(ids), dtype=np.uint8)
-                for s, e in spans:
-                    # A token is a target iff it holds a character of the span: a byte-level BPE
-                    # token such as " beta" straddling the header's last space is what the
-                    # model generates, so it counts.
-                    m[(offsets[:, 1] > s) & (offsets[:, 0] < e)] = 1
-                head = bos if bos and not (ids and ids[0] == b.bos_id) else []
-                tail = ([b.eos_id] if b.eos_after_chat and not (ids and ids[-1] == b.eos_id) else [])
-                full = head + ids + tail
-                m = np.concatenate([np.zeros(len(head), np.uint8), m, np.ones(len(tail), np.uint8)])
-                assert mask_parts is not None
-                mask_parts.append(m)
+            else:
+                continue
             parts.append(full)
+            masks.append(m)
         lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-        total = int(lengths.sum())
-        flat = np.fromiter(itertools.chain.from_iterable(parts), dtype=np.uint32, count=total)
-        loss = None
-        if mask_parts is not None:
-            loss = np.concatenate(mask_parts) if mask_parts else np.zeros(0, np.uint8)
+        flat = np.fromiter(itertools.chain.from_iterable(parts), dtype=np.uint32,
+                           count=int(lengths.sum()))
+        loss = np.concatenate(masks) if masks else np.zeros(0, np.uint8)
         return Encoded(ids=flat, lengths=lengths, loss_mask=loss, keep=keep, errors=errors)
 
+    def _render_chats(self, docs: list[Doc], keep: np.ndarray, errors: list[tuple[int, str, str]]
+                      ) -> tuple[list[str], list[list[tuple[int, int]]]]:
+        """The batch's chats rendered with their assistant spans; a template failure drops
+        that document (``keep`` False, an error) and the rest of the batch goes on."""
+        texts: list[str] = []
+        spans: list[list[tuple[int, int]]] = []
+        for i, d in enumerate(docs):
+            if d.kind == TEXT or d.kind == PROMPT:
+                continue
+            try:
+                text, sp = self.b.renderer.render_with_spans(d.messages)
+            except TemplateError as e:
+                keep[i] = False
+                errors.append((i, "template_error", str(e)))
+                continue
+            texts.append(text)
+            spans.append(sp)
+        return texts, spans
+
+    def _ends(self, first: list[int], last: list[int], eos: bool) -> tuple[list[int], list[int]]:
+        """BOS before and EOS after a document by policy, never doubled: a document whose ids
+        already start with BOS (end with EOS) gets no second one."""
+        b = self.b
+        head = [b.bos_id] if b.add_bos and not (first and first[0] == b.bos_id) else []
+        tail = [b.eos_id] if eos and not (last and last[-1] == b.eos_id) else []
+        return head, tail
+
+    def _text(self, ids: list[int]) -> tuple[list[int], np.ndarray]:
+        head, tail = self._ends(ids, ids, self.b.add_eos)
+        full = head + ids + tail
+        # All ones, as when no mask is stored at all: the bytes must not depend on which
+        # documents share a batch. (A document's first token is never a label.)
+        return full, np.ones(len(full), dtype=np.uint8)
+
+    def _prompt(self, p: list[int], comp: list[int]) -> tuple[list[int], np.ndarray]:
+        """Prompt and completion encoded separately, as at inference time the prompt is
+        tokenized alone: the mask is exact by construction (0 on BOS and prompt, 1 on the
+        completion and EOS)."""
+        head, tail = self._ends(p, comp, self.b.add_eos)
+        full = head + p + comp + tail
+        m = np.zeros(len(full), dtype=np.uint8)
+        m[len(head) + len(p):] = 1
+        return full, m
+
+    def _chat(self, enc: Any, spans: list[tuple[int, int]]) -> tuple[list[int], np.ndarray]:
+        ids = enc.ids
+        # list of (start, end) tuples -> array in C; no per-token Python code
+        offsets = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        m = np.zeros(len(ids), dtype=np.uint8)
+        for s, e in spans:
+            # A token is a target iff it holds a character of the span: a byte-level BPE token
+            # such as " beta" straddling the header's last space is what the model generates.
+            m[(offsets[:, 1] > s) & (offsets[:, 0] < e)] = 1
+        head, tail = self._ends(ids, ids, self.b.eos_after_chat)
+        m = np.concatenate([np.zeros(len(head), np.uint8), m, np.ones(len(tail), np.uint8)])
+        return head + ids + tail, m
 
     def _text_only(self, fast: list[Any], keep: np.ndarray) -> Encoded:
         """The hot path (a batch of plain text): ids straight into one array, BOS/EOS placed with

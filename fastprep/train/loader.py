@@ -18,10 +18,9 @@ With ``drop_last`` (the default, what DDP needs so that every rank takes the sam
 each rank takes ``(rows // world_size) // batch_size`` batches per epoch; the few rows left over
 differ from epoch to epoch because the permutation does.
 
-Measured here (shared 2-core CPU box, B=4, L=2048, uint16 ids from the page cache): collating one
-batch takes ~1.3 ms, against seconds for a tiny-model CPU step (or ~tens of ms for a real model on
-a GPU), so one background thread keeps the data-wait fraction under 1%
-(``benchmarks/bench_loader.py``).
+Collating a batch is per-batch numpy/torch work, small next to a training step, so one
+background thread keeps the step from waiting (measured by ``benchmarks/bench_loader.py``;
+figures in ``benchmarks/README.md``).
 """
 
 from __future__ import annotations

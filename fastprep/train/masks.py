@@ -27,11 +27,10 @@ That keeps every query row non-empty, so SDPA never produces NaN for an all-mask
 never see padding because padding only follows them. Padding outputs carry label -100 and vanish
 from the loss.
 
-Measured cost here (shared 2-core CPU box, B=4, L=2048): the whole collate (labels, positions,
-cu_seqlens, attention mask, dtype casts) ~1.3 ms per batch; the dense 4-D mask is B*L*L bytes
-(16 MiB) and ~50-100 ms to build on CPU, which is why the trainer builds it on the device from
-``segment_ids`` after the copy instead of shipping it from the host. On CPU, SDPA with a dense mask
-costs O(L**2) per row whatever the documents (~60% of a tiny-model step at L=2048); on GPU,
+The dense 4-D mask is B*L*L bytes, costly to build on the host, which is why the trainer builds
+it on the device from ``segment_ids`` after the copy instead of shipping it (collate and mask
+timings: ``benchmarks/README.md``, "Training loader"). On CPU, SDPA with a dense mask
+costs O(L**2) per row whatever the documents ; on GPU,
 ``flash_attention_2`` with restarting ``position_ids`` runs the varlen kernel, whose cost follows
 the documents' own lengths.
 """

@@ -20,7 +20,7 @@ from fastprep.kernels import minhash as kernels
 from fastprep.dedupe.minhash import (
     MinHashConfig,
     MinHashDeduper,
-    _permutations,
+    permutations,
     utf8_buffer,
     candidate_probability,
     choose_bands,
@@ -118,7 +118,7 @@ def test_take_and_concat_sets(docs: list[list[int]], data: st.DataObject) -> Non
 @given(TEXTS, st.integers(1, 5), st.booleans(), st.integers(0, 2**64 - 1))
 def test_signatures_match_reference(texts: list[str], ngram: int, char_ngrams: bool, seed: int) -> None:
     cfg = MinHashConfig(num_perm=16, ngram=ngram, char_ngrams=char_ngrams, seed=seed)
-    a, b = _permutations(16, seed)
+    a, b = permutations(16, seed)
     got = signatures(texts, cfg)
     assert got.dtype == np.uint32 and got.shape == (len(texts), 16)
     np.testing.assert_array_equal(got, kernels.minhash_signatures_reference(texts, ngram, char_ngrams, a, b))

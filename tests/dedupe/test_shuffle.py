@@ -1,4 +1,4 @@
-"""The band-partitioned shuffle dedupe (fastprep.lsh_shuffle) gives exactly the streaming
+"""The band-partitioned shuffle dedupe (fastprep.dedupe.shuffle) gives exactly the streaming
 MinHashDeduper's result (keep, match, similarity) whatever the number of partitions and of
 producer tasks; the quadratic-bucket guard fires with a useful message; Ray equals local."""
 
@@ -376,3 +376,62 @@ def test_ray_equals_local(ray_local, planted, tmp_path: Path) -> None:
     with pytest.raises(BucketTooLargeError, match="max_bucket=1"):
         ray_shuffle_dedupe(files, FileStore(tmp_path), cfg, max_bucket=1)
 
+
+
+# ---- the kernels against their pure-Python twins (fastprep.kernels.shuffle) ------------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 30), min_size=2, max_size=7), max_size=6))
+def test_emit_pair_codes_equals_twin(runs: list[list[int]]) -> None:
+    from fastprep.kernels import shuffle as kernels
+
+    runs = [sorted(set(r)) for r in runs if len(set(r)) >= 2]
+    rank = np.array([x for r in runs for x in r], dtype=np.int64)
+    lens = np.array([len(r) for r in runs], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64) if runs else lens
+    npairs = lens * (lens - 1) // 2
+    off = np.concatenate([[0], np.cumsum(npairs)[:-1]]).astype(np.int64) if runs else lens
+    out = np.empty(int(npairs.sum()), dtype=np.int64)
+    kernels.emit_pair_codes(rank, starts, lens, off, 31, out)
+    assert out.tolist() == kernels.emit_pair_codes_reference(rank, starts, lens, 31)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 12), max_size=8), min_size=2, max_size=8), st.data())
+def test_verify_pairs_equals_twin(sets: list[list[int]], data: st.DataObject) -> None:
+    from fastprep.kernels import shuffle as kernels
+
+    uniq = [sorted(set(s)) for s in sets]
+    vals = np.array([x for s in uniq for x in s], dtype=np.uint32)
+    off = np.concatenate([[0], np.cumsum([len(s) for s in uniq])]).astype(np.int64)
+    sigs = np.array([[min(s, default=99) + k for k in range(4)] for s in uniq], dtype=np.uint32)
+    n = len(uniq)
+    pairs = data.draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=20))
+    a = np.array([p[0] for p in pairs], dtype=np.int64)
+    b = np.array([p[1] for p in pairs], dtype=np.int64)
+    for exact in (True, False):
+        sim = np.empty(len(pairs), np.float64)
+        ok = np.empty(len(pairs), np.bool_)
+        kernels.verify_pairs(a, b, exact, 0.5, 2, sigs, vals, off, sim, ok)
+        want_sim, want_ok = kernels.verify_pairs_reference(a, b, exact, 0.5, 2, sigs, vals, off)
+        np.testing.assert_allclose(sim, want_sim)
+        assert ok.tolist() == want_ok.tolist()
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 15), st.integers(0, 14), st.sampled_from([0.5, 0.8, 1.0])),
+                max_size=30))
+def test_resolve_pairs_equals_twin(raw: list[tuple[int, int, float]]) -> None:
+    from fastprep.kernels import shuffle as kernels
+
+    pairs = sorted({(i, j): s for i, j, s in raw if j < i}.items())
+    ri = np.array([p[0][0] for p in pairs], dtype=np.int64)
+    rj = np.array([p[0][1] for p in pairs], dtype=np.int64)
+    sim = np.array([p[1] for p in pairs], dtype=np.float64)
+    keep = np.ones(16, np.bool_)
+    best_j = np.full(16, -1, np.int64)
+    best_sim = np.zeros(16, np.float64)
+    kernels.resolve_pairs(ri, rj, sim, keep, best_j, best_sim)
+    want = kernels.resolve_pairs_reference(ri, rj, sim, 16)
+    assert keep.tolist() == want[0].tolist() and best_j.tolist() == want[1].tolist()
+    np.testing.assert_array_equal(best_sim, want[2])

@@ -200,3 +200,30 @@ def test_text_fast_path_equals_per_document_assembly(tokenizer_dir: Path, tokeni
         assert enc.ids.dtype == np.uint32 and enc.loss_mask is None
 
     check()
+
+
+def test_workers_rebuild_the_driver_bundle_from_its_spec(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """The driver resolves the tokenizer once; a worker rebuilds from the spec and refuses a
+    file that changed since (bug caught: workers re-deriving from the path silently used a
+    different tokenizer than the one the manifest names)."""
+    import pickle
+    import shutil
+
+    from fastprep.stages.tokenize import TokenizerError
+
+    folder = tmp_path / "tok"
+    shutil.copytree(tokenizer_dir, folder)
+    driver = bundle(folder)
+    spec = pickle.loads(pickle.dumps(driver.spec))  # what crosses the process boundary
+    worker = TokenizerBundle.from_spec(spec)
+    docs = [Doc(TEXT, 0, 1, text="alpha beta"), Doc(PROMPT, 0, 2, prompt="q", completion=" a")]
+    a, b = Encoder(driver)(docs), Encoder(worker)(docs)
+    assert a.ids.tolist() == b.ids.tolist() and a.loss_mask.tolist() == b.loss_mask.tolist()
+    assert worker.describe() == driver.describe()
+    data = (folder / "tokenizer.json").read_text()
+    (folder / "tokenizer.json").write_text(data.replace('"alpha"', '"alphA"', 1) + " ")
+    with pytest.raises(TokenizerError, match="changed while the run was going"):
+        TokenizerBundle.from_spec(spec)
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(TokenizerError, match="unreadable in this worker"):
+        TokenizerBundle.from_spec(spec)

@@ -1,0 +1,75 @@
+"""Token spills (fastprep.pipeline.spill) and atomic files (fastprep.io): the late loss mask
+stays aligned with the ids, and nothing half-written is ever visible."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastprep.io import AtomicFile, atomic_write_bytes, is_temp_name, read_ranges
+from fastprep.pipeline.spill import RunSpill, TokenFiles
+
+
+@pytest.mark.parametrize("atomic", [True, False])
+def test_mask_appears_late_with_ones_for_earlier_tokens(tmp_path: Path, atomic: bool) -> None:
+    """Bug caught: a mask file opened only at the first masked document, without the ones of
+    the plain-text tokens before it, shifts every later mask bit onto the wrong token."""
+    f = TokenFiles(tmp_path / "ids.bin", tmp_path / "mask.bin", atomic=atomic)
+    f.append(np.arange(3, dtype=np.uint16), None)                 # text: no mask yet
+    assert not f.has_mask
+    f.append(np.arange(4, dtype=np.uint16), np.array([0, 0, 1, 1], np.uint8))
+    f.append(np.arange(2, dtype=np.uint16), None)                 # text after the mask began
+    if atomic:
+        assert not (tmp_path / "ids.bin").exists()  # nothing visible before the commit
+        f.commit()
+    else:
+        f.close()
+    assert np.fromfile(tmp_path / "ids.bin", np.uint16).tolist() == [0, 1, 2, 0, 1, 2, 3, 0, 1]
+    assert np.fromfile(tmp_path / "mask.bin", np.uint8).tolist() == [1, 1, 1, 0, 0, 1, 1, 1, 1]
+
+
+def test_run_spill_appends_task_files_in_order(tmp_path: Path) -> None:
+    tasks = []
+    for i, (ids, mask) in enumerate([([5, 6], None), ([7], [0]), ([8, 9, 10], None)]):
+        t = TokenFiles(tmp_path / f"t{i}.ids", tmp_path / f"t{i}.mask", atomic=True)
+        t.append(np.array(ids, np.uint16), None if mask is None else np.array(mask, np.uint8))
+        t.commit()
+        tasks.append((np.array([len(ids)], np.int64), str(t.ids_path),
+                      str(t.mask_path) if t.has_mask else None))
+    work = tmp_path / "work"
+    work.mkdir()
+    spill = RunSpill(work)
+    for n, (lengths, ids, mask) in enumerate(tasks):
+        spill.append_task(lengths, np.array([n != 2]), ids, mask)
+    lengths, planned, has_mask = spill.finish()
+    assert lengths.tolist() == [2, 1, 3] and planned.tolist() == [2, 1, 0] and has_mask
+    assert np.fromfile(work / "ids.bin", np.uint16).tolist() == [5, 6, 7, 8, 9, 10]
+    assert np.fromfile(work / "loss_mask.bin", np.uint8).tolist() == [1, 1, 0, 1, 1, 1]
+
+
+def test_atomic_file_is_all_or_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "a.bin"
+    atomic_write_bytes(target, b"old")
+    with pytest.raises(RuntimeError):
+        with AtomicFile(target) as f:
+            f.write(b"new, half")
+            raise RuntimeError("crash")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]  # the temporary file went too
+    with AtomicFile(target) as f:
+        assert is_temp_name(f.tmp.name) and f.tmp.parent == tmp_path
+        f.write(b"new")
+    assert target.read_bytes() == b"new"
+
+
+def test_read_ranges_merges_adjacent_ranges(tmp_path: Path) -> None:
+    data = np.arange(100, dtype=np.uint32)
+    (tmp_path / "d.bin").write_bytes(data.tobytes())
+    out = np.empty(20, np.uint32)
+    with open(tmp_path / "d.bin", "rb") as f:
+        got = read_ranges(f, np.array([3, 5, 50, 90]), np.array([2, 3, 1, 4]), out)
+    assert got.tolist() == [3, 4, 5, 6, 7, 50, 90, 91, 92, 93]
+    with open(tmp_path / "d.bin", "rb") as f, pytest.raises(OSError, match="shorter"):
+        read_ranges(f, np.array([98]), np.array([5]), out)
