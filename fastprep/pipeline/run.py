@@ -191,7 +191,7 @@ def _write(run: _Run, spill: RunSpill, writer: ShardWriter, block: int,
     return packing
 
 
-def _counts(merger: Merger, quarantine: Quarantine, packing: PackPlan, L: int) -> dict[str, Any]:
+def _counts(merger: Merger, quarantine: Quarantine, packing: PackPlan) -> dict[str, Any]:
     """The manifest's ``counts`` section."""
     c = merger.counts
     dropped = dict(sorted(quarantine.counts.items()))
@@ -204,6 +204,24 @@ def _counts(merger: Merger, quarantine: Quarantine, packing: PackPlan, L: int) -
         "documents_by_shape": {n: int(k) for n, k in zip(KIND_NAMES, merger.kinds) if k},
         **packing.counts(), "target_tokens": merger.target_tokens, "text_chars": c["text_chars"],
     }
+
+
+def _publish(run: _Run, merger: Merger, quarantine: Quarantine, writer: ShardWriter,
+             packing: PackPlan, dedupe_out: dict[str, Any]) -> Manifest:
+    """The dataset's last files (tokenizer copy, quarantine, dedupe report), then the
+    manifest: its rename is what makes the folder a finished dataset."""
+    recipe = run.cfg.recipe
+    atomic_write_bytes(run.out / TOKENIZER_FILE, run.bundle.json_bytes)
+    quarantine.close()
+    merger.close_report(ok=True)
+    pack_out = {"mode": recipe.pack.mode, "long_policy": recipe.pack.long_policy,
+                "efficiency": round(packing.efficiency, 6),
+                "dropped_token_share": round(packing.tokens_dropped / max(packing.tokens_in, 1), 6)}
+    return writer.finish(fastprep_version=__version__,
+                         tokenizer={**run.bundle.describe(), "file": TOKENIZER_FILE},
+                         recipe=recipe.record(), inputs=file_sizes(run.files),
+                         counts=_counts(merger, quarantine, packing), packing=pack_out,
+                         dedupe=dedupe_out)
 
 
 def _shard_rows(run: _Run) -> int:
@@ -220,7 +238,7 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
     """
     t_start = time.perf_counter()
     run = _resolve(cfg)
-    recipe, L = cfg.recipe, cfg.recipe.pack.seq_len
+    L = cfg.recipe.pack.seq_len
     quarantine = Quarantine(run.out / QUARANTINE_FILE, run.files, cfg.run.strict)
     progress = Progress(cfg.run.progress)
     spill = RunSpill(run.work)
@@ -242,25 +260,14 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
         writer = ShardWriter(run.out, L, dtypes, shard_rows)
         # ~4M tokens per block (2,048 rows at L = 2048), at most one shard
         packing = _write(run, spill, writer, max(1, min(shard_rows, (4 << 20) // L)), seconds)
-        atomic_write_bytes(run.out / TOKENIZER_FILE, run.bundle.json_bytes)
-        quarantine.close()
-        merger.close_report(ok=True)
-        counts = _counts(merger, quarantine, packing, L)
-        pack_out = {"mode": recipe.pack.mode, "long_policy": recipe.pack.long_policy,
-                    "efficiency": round(packing.efficiency, 6),
-                    "dropped_token_share": round(packing.tokens_dropped / max(packing.tokens_in, 1), 6)}
-        manifest = writer.finish(
-            fastprep_version=__version__,
-            tokenizer={**run.bundle.describe(), "file": TOKENIZER_FILE},
-            recipe=recipe.record(), inputs=file_sizes(run.files), counts=counts,
-            packing=pack_out, dedupe=dedupe_out)
+        manifest = _publish(run, merger, quarantine, writer, packing, dedupe_out)
         seconds.update(merger.seconds)
         seconds["write"] = time.perf_counter() - t - seconds["pack"]
         seconds["total"] = time.perf_counter() - t_start
         seconds["workers"] = run.workers
         progress.close()
         shutil.rmtree(run.work, ignore_errors=True)
-        return PrepareStats(out=str(run.out), counts=counts, packing=pack_out,
+        return PrepareStats(out=str(run.out), counts=manifest.counts, packing=manifest.packing,
                             seconds={k: round(v, 3) for k, v in seconds.items()},
                             manifest=manifest, notes=run.notes, near_dedupe=near_out)
     except BaseException as e:
