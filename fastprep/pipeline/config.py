@@ -74,6 +74,12 @@ class RunOptions:
     ray_address: str | None = option(None, "Ray cluster address (e.g. auto); default: a local Ray",
                                      flag="--address")
     ray_cpus_per_task: int = option(1, "CPUs (and tokenizer threads) each Ray task reserves")
+    tokenizer_backend: Literal["auto", "hf", "fastokens"] = option(
+        "auto", "tokenizer engine: auto = fastokens when it supports the tokenizer and passes the "
+        "parity gate, else tokenizers (hf); the dataset bytes are the same either way")
+    spot_check: float = option(
+        0.001, "share of documents re-encoded with tokenizers during the run to confirm a fast "
+        "backend's ids (deterministic sample; 0 = off)")
     near_method: Literal["auto", "stream", "shuffle"] = option(
         "auto", "MinHash decisions by one index in the driver (stream) or by a band shuffle "
         "verified in parallel (shuffle; Ray tasks under --executor ray); same result; auto = "
@@ -101,6 +107,11 @@ class RunOptions:
             raise ValueError("--ray-cpus-per-task must be >= 1")
         if self.task_bytes < 0:
             raise ValueError("--task-bytes must be >= 0 (0 = automatic)")
+        if self.tokenizer_backend not in ("auto", "hf", "fastokens"):
+            raise ValueError(f"--tokenizer-backend must be auto, hf or fastokens, not "
+                             f"{self.tokenizer_backend!r}")
+        if not 0.0 <= self.spot_check <= 1.0:
+            raise ValueError(f"--spot-check must be a share in [0, 1], got {self.spot_check!r}")
         if self.near_method not in ("auto", "stream", "shuffle"):
             raise ValueError(f"--near-method must be auto, stream or shuffle, not "
                              f"{self.near_method!r}")

@@ -54,11 +54,13 @@ def available_cores() -> int:
 
 
 def worker_env(threads: int) -> dict[str, str]:
-    """The environment of a worker with ``threads`` threads for the tokenizer's Rust pool and
-    numba's kernels (MinHash signatures); set before either is first used there."""
+    """The environment of a worker with ``threads`` threads for the tokenizers' Rust pools
+    (``tokenizers``, ``fastokens``) and numba's kernels (MinHash signatures); set before any is
+    first used there."""
     env = {"TOKENIZERS_PARALLELISM": "true"}
     if threads > 0:
-        env.update(RAYON_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
+        env.update(RAYON_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads),
+                   FASTOKENS_BPE_THREADS=str(threads))
     return env
 
 

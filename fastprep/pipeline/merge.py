@@ -155,6 +155,8 @@ class Merger:
         self.kinds = np.zeros(len(KIND_NAMES), np.int64)
         self.target_tokens = 0
         self.line_offset = [0] * len(files)  # lines consumed so far per file (byte-range tasks)
+        self.spot = Counter()                 # spot-checked documents and tokens
+        self.reruns: list[dict[str, Any]] = []  # tasks a spot check moved to tokenizers
 
     def add(self, res: TaskResult) -> None:
         f = res.task.file
@@ -167,6 +169,11 @@ class Merger:
                            exact_duplicates=c.exact_duplicates, text_chars=c.text_chars)
         self.counts.update({f"repaired_{k}": v for k, v in c.repaired.items()})
         self.seconds.update(res.seconds)
+        self.spot.update(res.checks.get("spot_checks", {}))
+        rerun = res.checks.get("rerun_on_reference")
+        if rerun:
+            self.reruns.append({"source": self.files[f], "line": off + rerun["line"],
+                                "backend": rerun["backend"]})
         keep = np.ones(len(res.lengths), dtype=np.bool_)
         if self.exact is not None and res.digests is not None:
             keep &= self.exact.insert(res.digests)
@@ -222,6 +229,12 @@ class Merger:
                         "bytes_per_doc": round(self.minhash.bytes_per_doc, 1),
                         "sets_file_bytes": self.minhash.sets_file_bytes}
         return out, near
+
+    def backend_record(self) -> dict[str, Any]:
+        """The run's spot checks for the manifest's ``tokenizer.backend``."""
+        return {"spot_checks": {"texts": self.spot["texts"], "tokens": self.spot["tokens"],
+                                "tasks_rerun_on_hf": len(self.reruns),
+                                "mismatches": self.reruns[:10]}}
 
     def release_indexes(self) -> None:
         """The dedupe indexes are done with: their per-document memory must not add to the

@@ -42,7 +42,9 @@ from ..stages.pack import PackPlan, plan
 from ..stages.read import expand_paths, file_kind, file_sizes
 from ..stages.records import KIND_NAMES
 from ..stages.tokenize import TokenizerBundle
+from ..stages.backends import BackendError
 from . import outdir
+from .backend import BackendChoice, choose, first_documents
 from .config import PrepareConfig
 from .executor import ExecutorOptions, available_cores, run_in_order, runs_inline
 from .merge import Merger
@@ -50,7 +52,8 @@ from .progress import Progress
 from .quarantine import Quarantine
 from .rows import row_blocks, warm_kernels
 from .spill import RunSpill
-from .tasks import Task, TaskResult, TaskSpec, TaskStrictError, load_result, plan_tasks, run_task
+from .tasks import (BackendMismatch, Task, TaskResult, TaskSpec, TaskStrictError, load_result,
+                    plan_tasks, run_task)
 
 
 @dataclass
@@ -84,6 +87,7 @@ class _Run:
     tasks: list[Task]
     workers: int
     notes: list[str]
+    backend: BackendChoice
 
     @property
     def ids_dt(self) -> np.dtype:
@@ -95,9 +99,12 @@ class _Run:
 
     def task_spec(self) -> TaskSpec:
         r = self.cfg.recipe
+        run = self.cfg.run
         return TaskSpec(read=r.read, records=r.records, clean=r.clean, exact=r.dedupe.exact,
                         minhash=r.dedupe.minhash, tokenizer=self.bundle.spec,
-                        batch_bytes=self.cfg.run.batch_bytes, strict=self.cfg.run.strict)
+                        batch_bytes=run.batch_bytes, strict=run.strict, backend=self.backend.name,
+                        backend_explicit=run.tokenizer_backend != "auto",
+                        spot_check=run.spot_check)
 
     def executor(self) -> ExecutorOptions:
         run = self.cfg.run
@@ -115,6 +122,7 @@ def _resolve(cfg: PrepareConfig) -> _Run:
         bundle.renderer  # compile the chat template now: a broken one is a config error
     workers = cfg.run.workers or available_cores()
     notes: list[str] = []
+    backend = _choose_backend(cfg, bundle, files, notes)
     fp = outdir.fingerprint(cfg, files, bundle.spec)
     task_bytes = outdir.claim(cfg, fp, notes)
     out = Path(cfg.run.out)
@@ -125,7 +133,19 @@ def _resolve(cfg: PrepareConfig) -> _Run:
         # idle, so smaller tasks shorten that tail; per-task cost is a few file opens.
         task_bytes = cfg.run.task_bytes or int(min(64 << 20, max(1 << 20, total_bytes // (workers * 16) + 1)))
         outdir.start_work(work, fp, task_bytes)
-    return _Run(cfg, files, bundle, out, work, plan_tasks(files, task_bytes), workers, notes)
+    return _Run(cfg, files, bundle, out, work, plan_tasks(files, task_bytes), workers, notes,
+                backend)
+
+
+def _choose_backend(cfg: PrepareConfig, bundle: TokenizerBundle, files: list[str],
+                    notes: list[str]) -> BackendChoice:
+    r = cfg.recipe
+    docs = (first_documents(files, r.read, r.records, r.clean)
+            if cfg.run.tokenizer_backend != "hf" else [])
+    choice = choose(cfg.run.tokenizer_backend, bundle, docs, files)
+    if choice.reason:
+        notes.append(f"tokenizing with tokenizers (hf): {choice.reason}")
+    return choice
 
 
 def _merge_tasks(run: _Run, merger: Merger, quarantine: Quarantine, progress: Progress) -> None:
@@ -156,9 +176,18 @@ def _merge_tasks(run: _Run, merger: Merger, quarantine: Quarantine, progress: Pr
         t = run.tasks[e.task]
         raise quarantine.strict_error(t.file, merger.line_offset[t.file] + e.line, e.reason,
                                       e.detail) from None
+    except BackendMismatch as e:
+        t = run.tasks[e.task]
+        raise BackendError(f"--tokenizer-backend {e.backend}: its ids differ from tokenizers' "
+                           f"for the document at {t.path}:{merger.line_offset[t.file] + e.line} "
+                           f"(a spot check); rerun with --tokenizer-backend auto or hf") from None
     finally:
         if warm is not None:
             warm.join()  # a daemon thread inside numba must not meet the interpreter's exit
+    if merger.reruns:
+        r = merger.reruns[0]
+        run.notes.append(f"{len(merger.reruns)} task(s) re-tokenized with tokenizers after a "
+                         f"{r['backend']} spot check disagreed (first at {r['source']}:{r['line']})")
     t = time.perf_counter()
     merger.finish()
     if merger.shuffle is not None:
@@ -217,8 +246,10 @@ def _publish(run: _Run, merger: Merger, quarantine: Quarantine, writer: ShardWri
     pack_out = {"mode": recipe.pack.mode, "long_policy": recipe.pack.long_policy,
                 "efficiency": round(packing.efficiency, 6),
                 "dropped_token_share": round(packing.tokens_dropped / max(packing.tokens_in, 1), 6)}
+    backend = {**run.backend.record(), **merger.backend_record()}
     return writer.finish(fastprep_version=__version__,
-                         tokenizer={**run.bundle.describe(), "file": TOKENIZER_FILE},
+                         tokenizer={**run.bundle.describe(), "file": TOKENIZER_FILE,
+                                    "backend": backend},
                          recipe=recipe.record(), inputs=file_sizes(run.files),
                          counts=_counts(merger, quarantine, packing), packing=pack_out,
                          dedupe=dedupe_out)

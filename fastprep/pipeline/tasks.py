@@ -35,7 +35,8 @@ from ..io import AtomicFile
 from ..stages.clean import CleanConfig
 from ..stages.read import Raw, ReadConfig, read_file, read_jsonl, splittable
 from ..stages.records import Doc, RecordConfig
-from ..stages.tokenize import Encoded, TokenizerSpec
+from ..stages.encode import Encoded
+from ..stages.tokenize import TokenizerSpec
 from .quarantine import excerpt
 from .spill import TokenFiles
 
@@ -77,6 +78,9 @@ class TaskSpec:
     tokenizer: TokenizerSpec
     batch_bytes: int
     strict: bool
+    backend: str = "hf"          # the backend the driver chose (pipeline/backend.py)
+    backend_explicit: bool = False  # asked for by name: a spot-check mismatch is an error
+    spot_check: float = 0.0      # share of documents re-encoded with tokenizers
 
     @property
     def ids_dtype(self) -> np.dtype:
@@ -130,6 +134,7 @@ class TaskResult:
     ids_path: str
     mask_path: str | None                 # None when every document is plain text
     seconds: dict[str, float] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)  # backend, spot checks, a rerun
 
 
 # ---- the stages of one task ---------------------------------------------------------------
@@ -141,13 +146,63 @@ def _stages(spec: TaskSpec) -> dict[str, Any]:
     """Per-process stage objects, built once per run (tokenizer load, template compile)."""
     if _STATE.get("spec") != spec:
         from ..stages.clean import Cleaner
+        from ..stages.encode import Encoder
         from ..stages.records import RecordMapper
-        from ..stages.tokenize import Encoder, TokenizerBundle
+        from ..stages.tokenize import TokenizerBundle
+        from .backend import open_backend
 
+        bundle = TokenizerBundle.from_spec(spec.tokenizer)
+        encoder = Encoder(bundle, open_backend(spec.backend, bundle))
         _STATE.clear()
         _STATE.update(spec=spec, mapper=RecordMapper(spec.records), cleaner=Cleaner(spec.clean),
-                      encoder=Encoder(TokenizerBundle.from_spec(spec.tokenizer)))
+                      encoder=encoder, reference=Encoder(bundle, encoder.reference))
     return _STATE
+
+
+class BackendMismatch(ValueError):
+    """A spot-checked document whose ids from the run's backend differ from tokenizers'."""
+
+    def __init__(self, task: int, line: int, backend: str) -> None:
+        super().__init__(task, line, backend)
+        self.task, self.line, self.backend = task, line, backend
+
+
+class _SpotChecks:
+    """Re-encodes a deterministic sample of each batch with tokenizers and compares."""
+
+    MAX_CHARS = 1 << 18  # a huge document is not worth re-encoding on the slow reference
+
+    def __init__(self, spec: TaskSpec, task: Task, st: dict[str, Any]) -> None:
+        self.on = spec.backend != "hf" and spec.spot_check > 0
+        self.rate, self.task, self.st = spec.spot_check, task, st
+        self.texts = self.tokens = 0
+
+    def __call__(self, docs: list[Doc], enc: Encoded) -> None:
+        if not self.on:
+            return
+        from ..stages.backends import spot_sample
+
+        starts = np.zeros(len(enc.lengths) + 1, dtype=np.int64)
+        np.cumsum(enc.lengths, out=starts[1:])
+        kept = np.cumsum(enc.keep) - 1  # position of each kept document in enc
+        for i, d in enumerate(docs):
+            if not enc.keep[i] or _doc_chars(d) > self.MAX_CHARS:
+                continue
+            if not spot_sample((self.task.file << 40) | d.line, self.rate):
+                continue
+            ref = self.st["reference"]([d])
+            k = kept[i]
+            got = enc.ids[starts[k]:starts[k + 1]]
+            same = np.array_equal(ref.ids, got) and (
+                ref.loss_mask is None or enc.loss_mask is None
+                or np.array_equal(ref.loss_mask, enc.loss_mask[starts[k]:starts[k + 1]]))
+            self.texts += 1
+            self.tokens += len(ref.ids)
+            if not same:
+                raise BackendMismatch(self.task.index, d.line, self.st["encoder"].backend.name)
+
+    def record(self) -> dict[str, Any]:
+        return {"texts": self.texts, "tokens": self.tokens}
 
 
 class _BadRecords:
@@ -336,13 +391,32 @@ class _TaskOutput:
 
 def run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
     """Process one task; safe to call in a worker process or inline. The result is saved in
-    the work folder (the resume unit) and returned."""
+    the work folder (the resume unit) and returned.
+
+    A spot check that finds the fast backend disagreeing with tokenizers reruns the whole task
+    on tokenizers (``--tokenizer-backend auto``; the result says so) or stops the run naming
+    the document (an explicitly chosen backend)."""
+    import dataclasses
+
+    try:
+        res = _run_task(task, spec, work)
+    except BackendMismatch as e:
+        if spec.backend_explicit:
+            raise
+        res = _run_task(task, dataclasses.replace(spec, backend="hf"), work)
+        res.checks["rerun_on_reference"] = {"backend": e.backend, "line": e.line}
+    save_result(res, work)
+    return res
+
+
+def _run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
     st = _stages(spec)
     counts, bad = TaskCounts(), _BadRecords(task.index, spec.strict)
     seconds: Counter[str] = Counter()
     in_task = _InTaskDedupe() if spec.exact else None
     out = _TaskOutput(work, task, spec.ids_dtype, spec)
     raws = _Counted(_raws(task, spec.read))
+    spot = _SpotChecks(spec, task, st)
     t_task = time.perf_counter()
     try:
         for docs in _batches(_documents(raws, st, counts, bad), spec.batch_bytes):
@@ -359,6 +433,9 @@ def run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
             t = time.perf_counter()
             enc = st["encoder"](batch.docs)
             seconds["tokenize"] += time.perf_counter() - t
+            t = time.perf_counter()
+            spot(batch.docs, enc)
+            seconds["spot_check"] += time.perf_counter() - t
             if not enc.keep.all():
                 for i, reason, detail in enc.errors:
                     bad.add(batch.docs[i].line, reason, detail)
@@ -368,7 +445,7 @@ def run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
         res = out.finish(raws.n, bad, counts, dict(seconds))
     finally:
         out.files.close()
-    save_result(res, work)
+    res.checks = {"backend": spec.backend, "spot_checks": spot.record()}
     return res
 
 
@@ -400,7 +477,7 @@ def save_result(res: TaskResult, work: str | Path) -> None:
     with AtomicFile(task_file(work, res.task, "meta.npz")) as f:
         np.savez(f.file, **{k: getattr(res, k) for k in _ARRAYS if getattr(res, k) is not None})
     meta = {"n_lines": res.n_lines, "bad": res.bad, "counts": res.counts.to_json(),
-            "has_mask": res.mask_path is not None, "seconds": res.seconds,
+            "has_mask": res.mask_path is not None, "seconds": res.seconds, "checks": res.checks,
             "task": [res.task.file, res.task.start, res.task.end]}
     with AtomicFile(task_file(work, res.task, "json")) as f:
         f.write(orjson.dumps(meta))
@@ -428,4 +505,4 @@ def load_result(task: Task, work: str | Path, itemsize: int) -> TaskResult | Non
     return TaskResult(task=task, n_lines=meta["n_lines"], bad=[tuple(b) for b in meta["bad"]],
                       counts=counts, ids_path=str(ids_path),
                       mask_path=str(mask_path) if mask_path else None, seconds=meta["seconds"],
-                      **arrays)
+                      checks=meta.get("checks", {}), **arrays)

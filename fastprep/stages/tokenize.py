@@ -1,4 +1,4 @@
-"""Tokenization with Hugging Face fast tokenizers, BOS/EOS policy and exact loss masks.
+"""The tokenizer: loading, its special tokens, the BOS/EOS policy and the chat template, resolved once.
 
 A tokenizer comes from a ``tokenizer.json`` file or a local model folder as ``transformers`` saves
 it (``tokenizer.json`` plus ``tokenizer_config.json`` / ``special_tokens_map.json`` for the
@@ -18,28 +18,20 @@ Texts are encoded with ``add_special_tokens=False`` and BOS/EOS are added here, 
 - Never doubled: a document whose ids already start with BOS (e.g. a chat template that renders
   ``{{ bos_token }}``) or end with EOS gets no second one.
 
-Text and prompt/completion documents go through one ``encode_batch_fast`` call per batch (Rust,
-all cores, GIL released, no offsets). Prompt and completion are encoded separately, as at
-inference time the prompt is tokenized alone; the loss mask is then exact by construction: 0 on
-BOS and prompt, 1 on completion and EOS. Chat documents need character spans, so they use
-``encode_batch`` with offsets: a token is a target iff it holds a character of an assistant
-span (:mod:`fastprep.chat`).
+The encoding itself (one backend call per batch, documents assembled with BOS/EOS, exact loss
+masks) is :mod:`fastprep.stages.encode`; the backends are :mod:`fastprep.stages.backends`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from ..flags import option
-from .chat import DEFAULT_CHAT_TEMPLATE, ChatRenderer, TemplateError
-from .records import PROMPT, TEXT, Doc
+from .chat import DEFAULT_CHAT_TEMPLATE, ChatRenderer
 
 
 class TokenizerError(ValueError):
@@ -282,152 +274,3 @@ class TokenizerBundle:
             "chat_template": s.chat_template_source,
             "chat_template_sha256": hashlib.sha256(s.chat_template.encode()).hexdigest(),
         }
-
-
-@dataclass
-class Encoded:
-    """One batch of documents as flat arrays (documents back to back, in batch order)."""
-
-    ids: np.ndarray            # uint32 [tokens]
-    lengths: np.ndarray        # int64 [docs]
-    loss_mask: np.ndarray | None  # uint8 [tokens]; None when every document is plain text
-    keep: np.ndarray           # bool [batch docs]: False where the document failed (see errors)
-    errors: list[tuple[int, str, str]]  # (index in batch, reason, detail)
-
-
-class Encoder:
-    """Callable: ``list[Doc] -> Encoded``."""
-
-    def __init__(self, bundle: TokenizerBundle) -> None:
-        self.b = bundle
-
-    def __call__(self, docs: list[Doc]) -> Encoded:
-        b = self.b
-        keep = np.ones(len(docs), dtype=np.bool_)
-        errors: list[tuple[int, str, str]] = []
-        # One encode_batch_fast call for all text, prompt and completion strings of the batch.
-        fast_inputs: list[str] = []
-        for d in docs:
-            if d.kind == TEXT:
-                fast_inputs.append(d.text)
-            elif d.kind == PROMPT:
-                fast_inputs += (d.prompt, d.completion)
-        chat_texts, chat_spans = self._render_chats(docs, keep, errors)
-        tok = b.tokenizer
-        tok.encode_special_tokens = not b.special_in_text  # "<s>" in data stays text
-        fast = tok.encode_batch_fast(fast_inputs, add_special_tokens=False) if fast_inputs else []
-        tok.encode_special_tokens = False  # the template's markers must be special tokens
-        chat = tok.encode_batch(chat_texts, add_special_tokens=False) if chat_texts else []
-        if not chat_texts and keep.all() and all(d.kind == TEXT for d in docs):
-            return self._text_only(fast, keep)
-        parts: list[list[int]] = []      # every document's final ids, in order
-        masks: list[np.ndarray] = []     # and its loss mask
-        f = c = 0
-        for i, d in enumerate(docs):
-            if d.kind == TEXT:
-                full, m = self._text(fast[f].ids)
-                f += 1
-            elif d.kind == PROMPT:
-                full, m = self._prompt(fast[f].ids, fast[f + 1].ids)
-                f += 2
-            elif keep[i]:
-                full, m = self._chat(chat[c], chat_spans[c])
-                c += 1
-            else:
-                continue
-            parts.append(full)
-            masks.append(m)
-        lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-        flat = np.fromiter(itertools.chain.from_iterable(parts), dtype=np.uint32,
-                           count=int(lengths.sum()))
-        loss = np.concatenate(masks) if masks else np.zeros(0, np.uint8)
-        return Encoded(ids=flat, lengths=lengths, loss_mask=loss, keep=keep, errors=errors)
-
-    def _render_chats(self, docs: list[Doc], keep: np.ndarray, errors: list[tuple[int, str, str]]
-                      ) -> tuple[list[str], list[list[tuple[int, int]]]]:
-        """The batch's chats rendered with their assistant spans; a template failure drops
-        that document (``keep`` False, an error) and the rest of the batch goes on."""
-        texts: list[str] = []
-        spans: list[list[tuple[int, int]]] = []
-        for i, d in enumerate(docs):
-            if d.kind == TEXT or d.kind == PROMPT:
-                continue
-            try:
-                text, sp = self.b.renderer.render_with_spans(d.messages)
-            except TemplateError as e:
-                keep[i] = False
-                errors.append((i, "template_error", str(e)))
-                continue
-            texts.append(text)
-            spans.append(sp)
-        return texts, spans
-
-    def _ends(self, first: list[int], last: list[int], eos: bool) -> tuple[list[int], list[int]]:
-        """BOS before and EOS after a document by policy, never doubled: a document whose ids
-        already start with BOS (end with EOS) gets no second one."""
-        b = self.b
-        head = [b.bos_id] if b.add_bos and not (first and first[0] == b.bos_id) else []
-        tail = [b.eos_id] if eos and not (last and last[-1] == b.eos_id) else []
-        return head, tail
-
-    def _text(self, ids: list[int]) -> tuple[list[int], np.ndarray]:
-        head, tail = self._ends(ids, ids, self.b.add_eos)
-        full = head + ids + tail
-        # All ones, as when no mask is stored at all: the bytes must not depend on which
-        # documents share a batch. (A document's first token is never a label.)
-        return full, np.ones(len(full), dtype=np.uint8)
-
-    def _prompt(self, p: list[int], comp: list[int]) -> tuple[list[int], np.ndarray]:
-        """Prompt and completion encoded separately, as at inference time the prompt is
-        tokenized alone: the mask is exact by construction (0 on BOS and prompt, 1 on the
-        completion and EOS)."""
-        head, tail = self._ends(p, comp, self.b.add_eos)
-        full = head + p + comp + tail
-        m = np.zeros(len(full), dtype=np.uint8)
-        m[len(head) + len(p):] = 1
-        return full, m
-
-    def _chat(self, enc: Any, spans: list[tuple[int, int]]) -> tuple[list[int], np.ndarray]:
-        ids = enc.ids
-        # list of (start, end) tuples -> array in C; no per-token Python code
-        offsets = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
-        m = np.zeros(len(ids), dtype=np.uint8)
-        for s, e in spans:
-            # A token is a target iff it holds a character of the span: a byte-level BPE token
-            # such as " beta" straddling the header's last space is what the model generates.
-            m[(offsets[:, 1] > s) & (offsets[:, 0] < e)] = 1
-        head, tail = self._ends(ids, ids, self.b.eos_after_chat)
-        m = np.concatenate([np.zeros(len(head), np.uint8), m, np.ones(len(tail), np.uint8)])
-        return head + ids + tail, m
-
-    def _text_only(self, fast: list[Any], keep: np.ndarray) -> Encoded:
-        """The hot path (a batch of plain text): ids straight into one array, BOS/EOS placed with
-        vectorised index arithmetic instead of per-document list concatenation."""
-        b = self.b
-        ids_lists = [e.ids for e in fast]
-        n = len(ids_lists)
-        lens = np.fromiter(map(len, ids_lists), dtype=np.int64, count=n)
-        flat = np.fromiter(itertools.chain.from_iterable(ids_lists), dtype=np.uint32, count=int(lens.sum()))
-        starts = np.zeros(n, dtype=np.int64)
-        np.cumsum(lens[:-1], out=starts[1:])
-        ne = np.flatnonzero(lens)
-        add_b = np.zeros(n, dtype=np.int64)
-        add_e = np.zeros(n, dtype=np.int64)
-        if b.add_bos:  # never doubled: a document already starting with BOS gets none
-            add_b[:] = 1
-            add_b[ne[flat[starts[ne]] == b.bos_id]] = 0
-        if b.add_eos:
-            add_e[:] = 1
-            add_e[ne[flat[starts[ne] + lens[ne] - 1] == b.eos_id]] = 0
-        if not add_b.any() and not add_e.any():
-            return Encoded(ids=flat, lengths=lens, loss_mask=None, keep=keep, errors=[])
-        out_lens = lens + add_b + add_e
-        out_starts = np.zeros(n, dtype=np.int64)
-        np.cumsum(out_lens[:-1], out=out_starts[1:])
-        out = np.empty(int(out_lens.sum()), dtype=np.uint32)
-        out[np.repeat(out_starts + add_b - starts, lens) + np.arange(len(flat))] = flat
-        if b.add_bos:
-            out[out_starts[add_b == 1]] = b.bos_id
-        if b.add_eos:
-            out[(out_starts + out_lens - 1)[add_e == 1]] = b.eos_id
-        return Encoded(ids=out, lengths=out_lens, loss_mask=None, keep=keep, errors=[])

@@ -9,7 +9,8 @@ import pytest
 
 from fastprep.stages.chat import DEFAULT_CHAT_TEMPLATE, ChatRenderer, TemplateError
 from fastprep.stages.records import CHAT, PROMPT, TEXT, Doc
-from fastprep.stages.tokenize import Encoder, TokenizeConfig, TokenizerBundle, TokenizerError
+from fastprep.stages.encode import Encoder
+from fastprep.stages.tokenize import TokenizeConfig, TokenizerBundle, TokenizerError
 
 
 def bundle(path: Path, **kw) -> TokenizerBundle:

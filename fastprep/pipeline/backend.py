@@ -1,0 +1,140 @@
+"""Which tokenizer backend a run uses, decided once in the driver before any task.
+
+``--tokenizer-backend auto`` (the default) takes the fast backend when it is installed, passes
+the static support check (:func:`fastprep.stages.backends.support`) and passes the parity gate:
+the built-in probe set plus the run's first documents, encoded by both backends through the
+whole encoder (text, prompt/completion, chat pieces and loss masks) and compared. Otherwise the
+run uses ``tokenizers`` (``hf``) and says why in one line. An explicit ``fastokens`` that
+fails any of these is an error naming the reason; ``hf`` skips the gate.
+
+The choice never changes a byte of the output: it is a run option, recorded with its checks in
+the manifest's ``tokenizer.backend``, and the spot checks during the run
+(:mod:`fastprep.pipeline.tasks`) keep comparing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..stages.backends import FAST, Backend, BackendError, ParityReport, compare, probe_texts, support
+from ..stages.clean import Cleaner, CleanConfig
+from ..stages.encode import Encoder
+from ..stages.read import ReadConfig, read_file
+from ..stages.records import Doc, RecordConfig, RecordError, RecordMapper
+from ..stages.tokenize import TokenizerBundle
+
+GATE_DOCS = 256          # the run's first documents the gate encodes with both backends
+GATE_CHARS = 4 << 20     # at most this much of their text
+
+
+@dataclass
+class BackendChoice:
+    """The backend a run uses and why; its ``record`` goes into the manifest."""
+
+    name: str
+    requested: str
+    reason: str | None = None          # why the fast backend is not used (auto), or None
+    version: str = ""
+    gate: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "requested": self.requested,
+                "fallback_reason": self.reason, "parity_gate": self.gate}
+
+
+def open_backend(name: str, bundle: TokenizerBundle) -> Backend:
+    """The backend ``name`` for this tokenizer (``BackendError`` if it cannot run it)."""
+    if name == "hf":
+        from ..stages.backends import HFBackend
+
+        return HFBackend(bundle.tokenizer)
+    if name == "fastokens":
+        from ..stages.backends import FastokensBackend
+
+        return FastokensBackend(bundle.json_bytes.decode("utf-8"))
+    raise BackendError(f"--tokenizer-backend must be auto, hf or fastokens, not {name!r}")
+
+
+def first_documents(files: list[str], read: ReadConfig, records: RecordConfig,
+                    clean: CleanConfig, limit: int = GATE_DOCS) -> list[Doc]:
+    """The run's first documents as the tasks will see them (bad records skipped)."""
+    mapper, cleaner = RecordMapper(records), Cleaner(clean)
+    docs: list[Doc] = []
+    chars = 0
+    for i, path in enumerate(files):
+        for raw in itertools.islice(read_file(path, i, read), 4 * limit):
+            if raw.bad is not None:
+                continue
+            try:
+                doc = mapper(raw.value, raw.file, raw.line)
+                cleaner(doc)
+            except RecordError:
+                continue
+            docs.append(doc)
+            chars += len(doc.text) + len(doc.prompt) + len(doc.completion) + sum(
+                len(c) for _, c in doc.messages)
+            if len(docs) >= limit or chars >= GATE_CHARS:
+                return docs
+    return docs
+
+
+def _same(a: Any, b: Any) -> bool:
+    same_mask = (a.loss_mask is None) == (b.loss_mask is None) and (
+        a.loss_mask is None or np.array_equal(a.loss_mask, b.loss_mask))
+    return (np.array_equal(a.ids, b.ids) and np.array_equal(a.lengths, b.lengths) and same_mask
+            and np.array_equal(a.keep, b.keep))
+
+
+def parity_gate(fast: Backend, bundle: TokenizerBundle, docs: list[Doc]) -> ParityReport:
+    """Probe strings and the first documents through both backends; mismatches counted."""
+    from ..stages.backends import HFBackend
+
+    ref = HFBackend(bundle.tokenizer)
+    report = compare(fast, ref, probe_texts(), special=bundle.special_in_text)
+    if docs:
+        a, b = Encoder(bundle, fast)(docs), Encoder(bundle, ref)(docs)
+        report.texts += len(docs)
+        report.tokens += len(b.ids)
+        if not _same(a, b):
+            for k, d in enumerate(docs):  # name the first document that differs
+                if not _same(Encoder(bundle, fast)([d]), Encoder(bundle, ref)([d])):
+                    report.mismatches += 1
+                    report.first = report.first or f"{d.file}:{d.line}"
+            report.mismatches = max(report.mismatches, 1)
+    return report
+
+
+def choose(requested: str, bundle: TokenizerBundle, docs: list[Doc], files: list[str]
+           ) -> BackendChoice:
+    """Decide the run's backend (see the module docstring)."""
+    if requested == "hf":
+        return BackendChoice("hf", requested, version=open_backend("hf", bundle).version)
+    candidates = FAST if requested == "auto" else (requested,)
+    reasons = []
+    for name in candidates:
+        why = support(bundle.json_bytes.decode("utf-8"), name)
+        try:
+            if why is not None:
+                raise BackendError(f"{name} does not support this tokenizer's {why}")
+            backend = open_backend(name, bundle)
+            report = parity_gate(backend, bundle, docs)
+            if report.mismatches:
+                where = report.first or "a probe text"
+                if report.first and ":" in report.first:
+                    f, line = report.first.rsplit(":", 1)
+                    where = f"{files[int(f)]}:{line}"
+                raise BackendError(f"{name} gave different ids from tokenizers on "
+                                   f"{report.mismatches} of {report.texts} parity-gate texts "
+                                   f"(first: {where})")
+        except BackendError as e:
+            if requested != "auto":
+                raise BackendError(f"--tokenizer-backend {requested}: {e}") from None
+            reasons.append(str(e))
+            continue
+        return BackendChoice(name, requested, version=backend.version, gate=report.to_json())
+    return BackendChoice("hf", requested, reason="; ".join(reasons) or "no fast backend",
+                         version=open_backend("hf", bundle).version)
