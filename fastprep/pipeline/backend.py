@@ -22,7 +22,7 @@ import numpy as np
 
 from ..stages.backends import FAST, Backend, BackendError, ParityReport, compare, probe_texts, support
 from ..stages.clean import Cleaner, CleanConfig
-from ..stages.encode import Encoder
+from ..stages.encode import BackendDisagreement, Encoder
 from ..stages.read import ReadConfig, read_file
 from ..stages.records import Doc, RecordConfig, RecordError, RecordMapper
 from ..stages.tokenize import TokenizerBundle
@@ -95,12 +95,17 @@ def parity_gate(fast: Backend, bundle: TokenizerBundle, docs: list[Doc]) -> Pari
 
     ref = HFBackend(bundle.tokenizer)
     report = compare(fast, ref, probe_texts(), special=bundle.special_in_text)
-    if docs:
-        a, b = Encoder(bundle, fast)(docs), Encoder(bundle, ref)(docs)
+    if docs and not report.mismatches:
+        try:
+            a = Encoder(bundle, fast)(docs)
+        except BackendDisagreement as e:
+            report.mismatches, report.first = 1, f"{docs[e.index].file}:{docs[e.index].line}"
+            return report
+        b = Encoder(bundle, ref)(docs)
         report.texts += len(docs)
         report.tokens += len(b.ids)
         if not _same(a, b):
-            for k, d in enumerate(docs):  # name the first document that differs
+            for d in docs:  # name the first document that differs
                 if not _same(Encoder(bundle, fast)([d]), Encoder(bundle, ref)([d])):
                     report.mismatches += 1
                     report.first = report.first or f"{d.file}:{d.line}"

@@ -35,7 +35,7 @@ from ..io import AtomicFile
 from ..stages.clean import CleanConfig
 from ..stages.read import Raw, ReadConfig, read_file, read_jsonl, splittable
 from ..stages.records import Doc, RecordConfig
-from ..stages.encode import Encoded
+from ..stages.encode import BackendDisagreement, Encoded
 from ..stages.tokenize import TokenizerSpec
 from .quarantine import excerpt
 from .spill import TokenFiles
@@ -188,7 +188,8 @@ class _SpotChecks:
         for i, d in enumerate(docs):
             if not enc.keep[i] or _doc_chars(d) > self.MAX_CHARS:
                 continue
-            if not spot_sample((self.task.file << 40) | d.line, self.rate):
+            if not spot_sample(d.text or d.prompt + d.completion or
+                               "".join(c for _, c in d.messages), self.rate):
                 continue
             ref = self.st["reference"]([d])
             k = kept[i]
@@ -431,7 +432,10 @@ def _run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
                 _sign(batch, spec.minhash)
                 seconds["minhash_signatures"] += time.perf_counter() - t
             t = time.perf_counter()
-            enc = st["encoder"](batch.docs)
+            try:
+                enc = st["encoder"](batch.docs)
+            except BackendDisagreement as e:
+                raise BackendMismatch(task.index, batch.docs[e.index].line, e.backend) from None
             seconds["tokenize"] += time.perf_counter() - t
             t = time.perf_counter()
             spot(batch.docs, enc)

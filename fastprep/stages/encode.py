@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +44,15 @@ from .tokenize import TokenizerBundle
 # Python's str.isspace also accepts U+001C..U+001F.
 _WHITESPACE = frozenset("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
                         "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+
+
+class BackendDisagreement(ValueError):
+    """The backend's ids for a document differ from tokenizers' (found where both are at hand:
+    the offset path of chat); ``index`` is the document's place in its batch."""
+
+    def __init__(self, index: int, backend: str) -> None:
+        super().__init__(index, backend)
+        self.index, self.backend = index, backend
 
 
 @dataclass
@@ -136,6 +147,11 @@ class Encoder:
         cfg = json.loads(bundle.json_bytes)
         self.specials = SpecialTokens(cfg)
         self.token_bytes = self._byte_lengths(cfg)
+        # Byte lengths place tokens in the text only where the normalizer left it unchanged:
+        # none, or Unicode forms the text already has (checked per chat).
+        norms = [t for t in _types(cfg.get("normalizer"), "normalizers") if t not in (None, "Sequence")]
+        self.unicode_forms = norms if set(norms) <= {"NFC", "NFD", "NFKC", "NFKD"} else None
+        self.chat_paths: Counter[str] = Counter()  # chats placed by byte lengths / by offsets
 
     def _byte_lengths(self, cfg: dict[str, Any]) -> np.ndarray | None:
         """UTF-8 byte length of every token id for byte-level BPE (None otherwise): what lets
@@ -204,13 +220,15 @@ class Encoder:
                 continue
             bounds = [0] + [x for s, e, _ in markup for x in (s, e)] + [len(text)]
             cut = [text[bounds[k]:bounds[k + 1]] for k in range(0, len(bounds), 2)]
-            rendered.append((text, spans, markup, len(pieces)))
+            rendered.append((i, text, spans, markup, len(pieces)))
             pieces += cut
         ids, off = self.backend.encode(pieces)
         out_ids, out_mask, out_off = [], [], [0]
         for r in rendered:
             if r is not None:
-                t_ids, t_mask = self._chat_tokens(*r, ids, off, pieces)
+                t_ids, t_mask = self._chat_tokens(*r[1:], ids, off, pieces)
+                if t_ids is None:
+                    raise BackendDisagreement(r[0], self.backend.name)
                 out_ids.append(t_ids)
                 out_mask.append(t_mask)
             out_off.append(out_off[-1] + (len(out_ids[-1]) if r is not None else 0))
@@ -230,7 +248,10 @@ class Encoder:
         chat_ids = np.concatenate(parts)
         m = np.zeros(len(chat_ids), dtype=np.uint8)
         if len(chat_ids):
-            starts, ends = self._token_extents(text, markup, parts, pieces[first:first + n])
+            extents = self._token_extents(text, markup, parts, pieces[first:first + n])
+            if extents is None:
+                return None, m
+            starts, ends = extents
             for s, e in self._byte_spans(text, spans):
                 # A token is a target iff it holds a byte of the span: a byte-level BPE token
                 # such as " beta" straddling the header's last space is what the model generates.
@@ -238,10 +259,13 @@ class Encoder:
         return chat_ids, m
 
     def _token_extents(self, text: str, markup: list[tuple[int, int, int]],
-                       parts: list[np.ndarray], pieces: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Byte range ``[start, end)`` in ``text`` of every token."""
+                       parts: list[np.ndarray], pieces: list[str]
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Byte range ``[start, end)`` in ``text`` of every token (None: the backend's ids
+        differ from the reference's offsets path, which sees both)."""
         total = len(text.encode("utf-8", "surrogatepass"))
-        if self.token_bytes is not None:
+        if self.token_bytes is not None and self.unicode_forms is not None and all(
+                unicodedata.is_normalized(form, text) for form in self.unicode_forms):
             lens = self.token_bytes[np.concatenate(parts).astype(np.int64)]
             pos = 0
             for k, p in enumerate(parts):
@@ -250,17 +274,23 @@ class Encoder:
                     s, e, _ = markup[k // 2]
                     lens[pos - 1] = len(text[s:e].encode("utf-8", "surrogatepass"))
             if int(lens.sum()) == total:
+                self.chat_paths["bytes"] += 1
                 ends = np.cumsum(lens)
                 return ends - lens, ends
-        return self._extents_from_offsets(text, markup, pieces)
+        self.chat_paths["offsets"] += 1
+        return self._extents_from_offsets(text, markup, parts)
 
     def _extents_from_offsets(self, text: str, markup: list[tuple[int, int, int]],
-                              pieces: list[str]) -> tuple[np.ndarray, np.ndarray]:
+                              got: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
         """The slow path: ``tokenizers``' character offsets of each piece, in bytes of ``text``."""
         char_bytes = _char_byte_offsets(text)
+        bounds = [0] + [x for s, e, _ in markup for x in (s, e)] + [len(text)]
+        pieces = [text[bounds[k]:bounds[k + 1]] for k in range(0, len(bounds), 2)]
         parts: list[np.ndarray] = []
         base = 0
         for k, (ids, offsets) in enumerate(self.reference.encode_offsets(pieces)):
+            if ids != got[2 * k].tolist():
+                return None
             parts.append(char_bytes[base + offsets] if len(ids) else np.zeros((0, 2), np.int64))
             if k < len(markup):
                 s, e, _ = markup[k]
