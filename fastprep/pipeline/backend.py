@@ -28,7 +28,7 @@ from ..stages.records import Doc, RecordConfig, RecordError, RecordMapper
 from ..stages.tokenize import TokenizerBundle
 
 GATE_DOCS = 256          # the run's first documents the gate encodes with both backends
-GATE_CHARS = 4 << 20     # at most this much of their text
+GATE_CHARS = 1 << 18     # at most this much of their text (tokenizers encodes it at start-up)
 
 
 @dataclass
@@ -46,17 +46,22 @@ class BackendChoice:
                 "fallback_reason": self.reason, "parity_gate": self.gate}
 
 
+_OPEN: dict[tuple[str, str], Backend] = {}  # the driver and inline tasks share one load
+
+
 def open_backend(name: str, bundle: TokenizerBundle) -> Backend:
     """The backend ``name`` for this tokenizer (``BackendError`` if it cannot run it)."""
+    from ..stages.backends import FastokensBackend, HFBackend
+
     if name == "hf":
-        from ..stages.backends import HFBackend
-
         return HFBackend(bundle.tokenizer)
-    if name == "fastokens":
-        from ..stages.backends import FastokensBackend
-
-        return FastokensBackend(bundle.json_bytes.decode("utf-8"))
-    raise BackendError(f"--tokenizer-backend must be auto, hf or fastokens, not {name!r}")
+    if name != "fastokens":
+        raise BackendError(f"--tokenizer-backend must be auto, hf or fastokens, not {name!r}")
+    key = (name, bundle.sha256)
+    if key not in _OPEN:
+        _OPEN.clear()
+        _OPEN[key] = FastokensBackend(bundle.json_bytes.decode("utf-8"))
+    return _OPEN[key]
 
 
 def first_documents(files: list[str], read: ReadConfig, records: RecordConfig,

@@ -11,9 +11,9 @@ driver's peak grew with the number of blocks (``benchmarks/README.md``, "driver 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -53,23 +53,47 @@ def _fill_block(sub: PackPlan, tokens: np.ndarray, lens: np.ndarray, lo: int, hi
                      seg_dtype=seg_dt, loss_mask=mask, out=out)
 
 
-def row_blocks(packing: PackPlan, doc_offsets: np.ndarray, ids_path: Path, mask_path: Path | None,
-               block: int, pad_id: int, ids_dt: np.dtype, seg_dt: np.dtype
+class TokenSource(Protocol):
+    def read(self, starts: np.ndarray, lens: np.ndarray, ids_out: np.ndarray,
+             mask_out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+class FileSource:
+    """One flat spill file (and its mask file), as :class:`fastprep.pipeline.spill.RunSpill`
+    reads many: for tests and tools."""
+
+    def __init__(self, ids_path: Path, mask_path: Path | None) -> None:
+        self.ids, self.mask = open(ids_path, "rb"), open(mask_path, "rb") if mask_path else None
+
+    def read(self, starts: np.ndarray, lens: np.ndarray, ids_out: np.ndarray,
+             mask_out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        ids = read_ranges(self.ids, starts, lens, ids_out)
+        mask = read_ranges(self.mask, starts, lens, mask_out) if mask_out is not None and self.mask else None
+        return ids, mask
+
+    def close(self) -> None:
+        self.ids.close()
+        if self.mask is not None:
+            self.mask.close()
+
+
+def row_blocks(packing: PackPlan, doc_offsets: np.ndarray, source: TokenSource, masked: bool,
+               block: int, pad_id: int, ids_dt: np.dtype, seg_dt: np.dtype, buffers: int = 1
                ) -> Iterator[dict[str, np.ndarray]]:
-    """The rows of ``packing``, ``block`` rows at a time, filled from the token spill (and the
-    loss-mask spill when ``mask_path`` is given). Each yielded block is a view of buffers the
-    next block overwrites: write it before asking for the next."""
+    """The rows of ``packing``, ``block`` rows at a time, filled from the token spill (with the
+    loss mask when ``masked``). Each yielded block is a view of one of ``buffers`` row buffers,
+    used in turn: a block is overwritten ``buffers`` blocks later, so with two the caller can
+    write one block while the next is filled."""
     L = packing.seq_len
-    rows_buf = row_buffers(block, L, ids_dt, seg_dt, loss_mask=mask_path is not None)
+    rows_bufs = [row_buffers(block, L, ids_dt, seg_dt, loss_mask=masked) for _ in range(buffers)]
     ids_buf = np.empty(block * L, ids_dt)  # a block's pieces hold at most block x L tokens
-    mask_buf = np.empty(block * L if mask_path is not None else 0, np.uint8)
-    with open(ids_path, "rb") as ids_f, open(mask_path or os.devnull, "rb") as mask_f:
-        for lo in range(0, packing.n_rows, block):
-            hi = min(lo + block, packing.n_rows)
-            sub, starts, lens = block_pieces(packing, doc_offsets, lo, hi)
-            tokens = read_ranges(ids_f, starts, lens, ids_buf)
-            mask = read_ranges(mask_f, starts, lens, mask_buf) if mask_path is not None else None
-            yield _fill_block(sub, tokens, lens, lo, hi, mask, pad_id, ids_dt, seg_dt, rows_buf)
+    mask_buf = np.empty(block * L, np.uint8) if masked else None
+    for k, lo in enumerate(range(0, packing.n_rows, block)):
+        hi = min(lo + block, packing.n_rows)
+        sub, starts, lens = block_pieces(packing, doc_offsets, lo, hi)
+        tokens, mask = source.read(starts, lens, ids_buf, mask_buf)
+        yield _fill_block(sub, tokens, lens, lo, hi, mask, pad_id, ids_dt, seg_dt,
+                          rows_bufs[k % buffers])
 
 
 def warm_kernels(pack: PackConfig, exact: bool, ids_dt: np.dtype, seg_dt: np.dtype) -> None:

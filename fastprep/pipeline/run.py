@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 import shutil
 import threading
 import time
@@ -206,17 +207,24 @@ def _write(run: _Run, spill: RunSpill, writer: ShardWriter, block: int,
            seconds: dict[str, float]) -> PackPlan:
     """Plan the packing over the spill's lengths and write every row into shards."""
     t = time.perf_counter()
-    lengths, planned, has_mask = spill.finish()
+    lengths, planned = spill.finish()
     doc_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=doc_offsets[1:])
     del lengths
     packing = plan(planned, run.cfg.recipe.pack)  # removed duplicates have length 0: no piece
     del planned
     seconds["pack"] = time.perf_counter() - t
-    for rows in row_blocks(packing, doc_offsets, spill.files.ids_path,
-                           spill.files.mask_path if has_mask else None, block,
-                           run.bundle.pad_id, run.ids_dt, run.seg_dt):
-        writer.add(rows)
+    # Two row buffers: one block is hashed and written (both release the GIL) while the next
+    # is read from the spill and filled.
+    with ThreadPoolExecutor(1, thread_name_prefix="fastprep-write") as pool:
+        pending: Future[None] | None = None
+        for rows in row_blocks(packing, doc_offsets, spill, spill.has_mask, block,
+                               run.bundle.pad_id, run.ids_dt, run.seg_dt, buffers=2):
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(writer.add, rows)
+        if pending is not None:
+            pending.result()
     return packing
 
 
@@ -272,7 +280,7 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
     L = cfg.recipe.pack.seq_len
     quarantine = Quarantine(run.out / QUARANTINE_FILE, run.files, cfg.run.strict)
     progress = Progress(cfg.run.progress)
-    spill = RunSpill(run.work)
+    spill = RunSpill()
     merger = Merger(cfg, run.files, run.work, quarantine, spill)
     writer: ShardWriter | None = None
     seconds: dict[str, float] = {}
@@ -286,11 +294,12 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
         t = time.perf_counter()
         shard_rows = _shard_rows(run)
         dtypes = {"input_ids": run.ids_dt, "segment_ids": run.seg_dt}
-        if spill.files.has_mask:
+        if spill.has_mask:
             dtypes["loss_mask"] = np.dtype(np.uint8)
         writer = ShardWriter(run.out, L, dtypes, shard_rows)
         # ~4M tokens per block (2,048 rows at L = 2048), at most one shard
         packing = _write(run, spill, writer, max(1, min(shard_rows, (4 << 20) // L)), seconds)
+        spill.close()
         manifest = _publish(run, merger, quarantine, writer, packing, dedupe_out)
         seconds.update(merger.seconds)
         seconds["write"] = time.perf_counter() - t - seconds["pack"]

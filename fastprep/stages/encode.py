@@ -26,7 +26,6 @@ the document's ranges, EOS), never with per-token Python.
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from collections import Counter
@@ -78,6 +77,26 @@ def _bytes_to_unicode() -> dict[str, int]:
             cs.append(256 + n)
             n += 1
     return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def _byte_lengths(cfg: dict[str, Any], vocab_size: int) -> np.ndarray | None:
+    """Byte length of each token of a byte-level BPE vocabulary (None for other models)."""
+    model = cfg.get("model") or {}
+    if (model.get("type") != "BPE" or model.get("byte_fallback")
+            or "ByteLevel" not in _types(cfg.get("pre_tokenizer"), "pretokenizers")):
+        return None
+    # every character of the byte-level alphabet stands for one byte; anything else (added
+    # tokens are raw text) counts its UTF-8 bytes
+    drop = {ord(ch): None for ch in _bytes_to_unicode()}
+    out = np.zeros(vocab_size, dtype=np.int64)
+    for token, i in (model.get("vocab") or {}).items():
+        if i < vocab_size:
+            rest = token.translate(drop)
+            out[i] = len(token) - len(rest) + len(rest.encode("utf-8", "surrogatepass"))
+    for t in cfg.get("added_tokens") or []:
+        if int(t["id"]) < vocab_size:
+            out[int(t["id"])] = len(t["content"].encode("utf-8", "surrogatepass"))
+    return out
 
 
 def _types(node: Any, key: str) -> list[str | None]:
@@ -144,32 +163,27 @@ class Encoder:
         self.b = bundle
         self.reference = HFBackend(bundle.tokenizer)
         self.backend: Backend = backend or self.reference
-        cfg = json.loads(bundle.json_bytes)
+        cfg = bundle.config
         self.specials = SpecialTokens(cfg)
-        self.token_bytes = self._byte_lengths(cfg)
+        self._token_bytes: np.ndarray | None | bool = False  # computed at the first chat
         # Byte lengths place tokens in the text only where the normalizer left it unchanged:
         # none, or Unicode forms the text already has (checked per chat).
         norms = [t for t in _types(cfg.get("normalizer"), "normalizers") if t not in (None, "Sequence")]
         self.unicode_forms = norms if set(norms) <= {"NFC", "NFD", "NFKC", "NFKD"} else None
         self.chat_paths: Counter[str] = Counter()  # chats placed by byte lengths / by offsets
 
-    def _byte_lengths(self, cfg: dict[str, Any]) -> np.ndarray | None:
+    @property
+    def token_bytes(self) -> np.ndarray | None:
         """UTF-8 byte length of every token id for byte-level BPE (None otherwise): what lets
-        chat find its tokens in the text without an offset-producing encode."""
-        model = cfg.get("model") or {}
-        if (model.get("type") != "BPE" or model.get("byte_fallback")
-                or "ByteLevel" not in _types(cfg.get("pre_tokenizer"), "pretokenizers")):
-            return None
-        alphabet = _bytes_to_unicode()
-        out = np.zeros(self.b.vocab_size, dtype=np.int64)
-        for token, i in (model.get("vocab") or {}).items():
-            if i < len(out):
-                out[i] = sum(1 for ch in token if ch in alphabet) + sum(
-                    len(ch.encode("utf-8", "surrogatepass")) for ch in token if ch not in alphabet)
-        for t in cfg.get("added_tokens") or []:
-            if int(t["id"]) < len(out):
-                out[int(t["id"])] = len(t["content"].encode("utf-8", "surrogatepass"))
-        return out
+        chat find its tokens in the text without an offset-producing encode. Built at the first
+        chat (a text-only run never pays for it)."""
+        if self._token_bytes is False:
+            self._token_bytes = _byte_lengths(self.b.config, self.b.vocab_size)
+        return self._token_bytes  # type: ignore[return-value]
+
+    @token_bytes.setter
+    def token_bytes(self, value: np.ndarray | None) -> None:
+        self._token_bytes = value
 
     def __call__(self, docs: list[Doc]) -> Encoded:
         keep = np.ones(len(docs), dtype=np.bool_)

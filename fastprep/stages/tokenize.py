@@ -131,15 +131,23 @@ def _tokenizer_file(src: Path) -> tuple[Path, Path]:
                          f"supported: pass a local tokenizer.json or a folder)")
 
 
+_LOADED: dict[str, Any] = {}  # sha256 -> Tokenizer: the driver and inline tasks share one load
+
+
 def _load(raw: bytes, where: Path) -> Any:
     from tokenizers import Tokenizer
 
+    key = hashlib.sha256(raw).hexdigest()
+    if key in _LOADED:
+        return _LOADED[key]
     try:
         tok = Tokenizer.from_str(raw.decode("utf-8"))
     except Exception as e:  # tokenizers raises a bare Exception on parse errors
         raise TokenizerError(f"{where}: not a valid tokenizer.json ({e})") from None
     tok.no_padding()  # fastprep decides lengths itself (packing); a stored max_length would
     tok.no_truncation()  # silently cut documents
+    _LOADED.clear()  # one tokenizer per process is what a run needs
+    _LOADED[key] = tok
     return tok
 
 
@@ -255,6 +263,14 @@ class TokenizerBundle:
     chat_template_source = property(lambda self: self.spec.chat_template_source)
     source = property(lambda self: self.spec.source)
     sha256 = property(lambda self: self.spec.sha256)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The parsed ``tokenizer.json``."""
+        cfg = getattr(self, "_config", None)
+        if cfg is None:
+            cfg = self._config = json.loads(self.json_bytes)
+        return cfg
 
     @property
     def renderer(self) -> ChatRenderer:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastprep.pipeline.rows import block_pieces, row_blocks
+from fastprep.pipeline.rows import FileSource, block_pieces, row_blocks
 from fastprep.stages.pack import PackConfig, fill_rows, plan
 
 
@@ -36,9 +36,9 @@ def test_row_blocks_from_spill_equal_whole_fill(tmp_path: Path, mode: str, long_
                       seg_dtype=np.uint16, loss_mask=loss)
     for block in (1, 5, 64, p.n_rows + 3):
         got = {k: [] for k in whole}
-        for rows in row_blocks(p, offsets, tmp_path / "ids.bin",
-                                tmp_path / "mask.bin" if mask else None, block, 7,
-                                np.dtype(np.uint16), np.dtype(np.uint16)):
+        source = FileSource(tmp_path / "ids.bin", tmp_path / "mask.bin" if mask else None)
+        for rows in row_blocks(p, offsets, source, mask, block, 7,
+                               np.dtype(np.uint16), np.dtype(np.uint16)):
             assert set(rows) == set(whole)
             for k, a in rows.items():
                 got[k].append(a.copy())  # the next block overwrites the buffers

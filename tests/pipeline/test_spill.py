@@ -30,7 +30,7 @@ def test_mask_appears_late_with_ones_for_earlier_tokens(tmp_path: Path, atomic: 
     assert np.fromfile(tmp_path / "mask.bin", np.uint8).tolist() == [1, 1, 1, 0, 0, 1, 1, 1, 1]
 
 
-def test_run_spill_appends_task_files_in_order(tmp_path: Path) -> None:
+def test_run_spill_reads_task_files_as_one_stream(tmp_path: Path) -> None:
     tasks = []
     for i, (ids, mask) in enumerate([([5, 6], None), ([7], [0]), ([8, 9, 10], None)]):
         t = TokenFiles(tmp_path / f"t{i}.ids", tmp_path / f"t{i}.mask", atomic=True)
@@ -38,15 +38,19 @@ def test_run_spill_appends_task_files_in_order(tmp_path: Path) -> None:
         t.commit()
         tasks.append((np.array([len(ids)], np.int64), str(t.ids_path),
                       str(t.mask_path) if t.has_mask else None))
-    work = tmp_path / "work"
-    work.mkdir()
-    spill = RunSpill(work)
+    spill = RunSpill()
     for n, (lengths, ids, mask) in enumerate(tasks):
         spill.append_task(lengths, np.array([n != 2]), ids, mask)
-    lengths, planned, has_mask = spill.finish()
-    assert lengths.tolist() == [2, 1, 3] and planned.tolist() == [2, 1, 0] and has_mask
-    assert np.fromfile(work / "ids.bin", np.uint16).tolist() == [5, 6, 7, 8, 9, 10]
-    assert np.fromfile(work / "loss_mask.bin", np.uint8).tolist() == [1, 1, 0, 1, 1, 1]
+    lengths, planned = spill.finish()
+    assert lengths.tolist() == [2, 1, 3] and planned.tolist() == [2, 1, 0] and spill.has_mask
+    # the run's stream is the tasks' files back to back; a task without a mask file reads as
+    # all targets (bug caught: mask bits of one task landing on another's tokens)
+    ids, mask = spill.read(np.array([0, 2, 3]), np.array([2, 1, 3]), np.empty(10, np.uint16),
+                           np.empty(10, np.uint8))
+    assert ids.tolist() == [5, 6, 7, 8, 9, 10] and mask.tolist() == [1, 1, 0, 1, 1, 1]
+    ids, mask = spill.read(np.array([1, 4]), np.array([1, 1]), np.empty(10, np.uint16), None)
+    assert ids.tolist() == [6, 9] and mask is None
+    spill.close()
 
 
 def test_atomic_file_is_all_or_nothing(tmp_path: Path) -> None:
