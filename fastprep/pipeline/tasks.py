@@ -102,7 +102,7 @@ class TaskCounts:
     records_read: int = 0      # raw records (lines/rows), bad ones included, blank lines not
     blank_lines: int = 0
     exact_duplicates: int = 0  # copies of an earlier document of the same task
-    repaired: Counter[str] = field(default_factory=Counter)  # by kind: utf8, cleaning
+    repaired: Counter[str] = field(default_factory=Counter)  # by kind: utf8 and clean.REPAIRS
     text_chars: int = 0        # characters of the documents that reached tokenization
 
     def to_json(self) -> dict[str, Any]:
@@ -182,25 +182,27 @@ class _SpotChecks:
             return
         from ..stages.backends import spot_sample
 
+        picked = [i for i, d in enumerate(docs) if enc.keep[i] and d.chars <= self.MAX_CHARS
+                  and spot_sample(d.text or d.prompt + d.completion
+                                  or "".join(c for _, c in d.messages), self.rate)]
+        if not picked:
+            return
+        ref = self.st["reference"]([docs[i] for i in picked])  # one call for the whole sample
         starts = np.zeros(len(enc.lengths) + 1, dtype=np.int64)
         np.cumsum(enc.lengths, out=starts[1:])
         kept = np.cumsum(enc.keep) - 1  # position of each kept document in enc
-        for i, d in enumerate(docs):
-            if not enc.keep[i] or _doc_chars(d) > self.MAX_CHARS:
-                continue
-            if not spot_sample(d.text or d.prompt + d.completion or
-                               "".join(c for _, c in d.messages), self.rate):
-                continue
-            ref = self.st["reference"]([d])
-            k = kept[i]
-            got = enc.ids[starts[k]:starts[k + 1]]
-            same = np.array_equal(ref.ids, got) and (
+        ref_starts = np.zeros(len(ref.lengths) + 1, dtype=np.int64)
+        np.cumsum(ref.lengths, out=ref_starts[1:])
+        for j, i in enumerate(picked):
+            a, b = starts[kept[i]], starts[kept[i] + 1]
+            ra, rb = ref_starts[j], ref_starts[j + 1]
+            same = np.array_equal(ref.ids[ra:rb], enc.ids[a:b]) and (
                 ref.loss_mask is None or enc.loss_mask is None
-                or np.array_equal(ref.loss_mask, enc.loss_mask[starts[k]:starts[k + 1]]))
-            self.texts += 1
-            self.tokens += len(ref.ids)
+                or np.array_equal(ref.loss_mask[ra:rb], enc.loss_mask[a:b]))
             if not same:
-                raise BackendMismatch(self.task.index, d.line, self.st["encoder"].backend.name)
+                raise BackendMismatch(self.task.index, docs[i].line, self.st["encoder"].backend.name)
+        self.texts += len(picked)
+        self.tokens += len(ref.ids)
 
     def record(self) -> dict[str, Any]:
         return {"texts": self.texts, "tokens": self.tokens}
@@ -253,12 +255,13 @@ def _documents(raws: Iterable[Raw], st: dict[str, Any], counts: TaskCounts,
             counts.repaired[raw.repaired] += 1
         try:
             doc = mapper(raw.value, raw.file, raw.line)
-            if cleaner(doc):
-                counts.repaired["cleaning"] += 1
+            for kind in cleaner(doc):
+                counts.repaired[kind] += 1
         except RecordError as e:
             bad.add(raw.line, e.reason, e.detail, raw.value)
             continue
-        counts.text_chars += _doc_chars(doc)
+        doc.chars = _doc_chars(doc)
+        counts.text_chars += doc.chars
         yield doc
 
 
@@ -268,7 +271,7 @@ def _batches(docs: Iterable[Doc], batch_chars: int) -> Iterator[list[Doc]]:
     size = 0
     for doc in docs:
         batch.append(doc)
-        size += _doc_chars(doc)
+        size += doc.chars
         if size >= batch_chars:
             yield batch
             batch, size = [], 0

@@ -30,7 +30,7 @@ _CONTROL = {c: None for c in (*range(0, 9), 11, 12, *range(14, 32), 127, *range(
                               0xFEFF, 0xFFFE, 0xFFFF)}
 # str.translate with a dict walks non-ASCII text character by character in Python-object
 # terms; a compiled class finds the (rare) hit first, so clean text skips it.
-_CONTROL_RE = re.compile("[" + "".join(re.escape(chr(c)) for c in _CONTROL) + "]")
+CONTROL_RE = re.compile("[" + "".join(re.escape(chr(c)) for c in _CONTROL) + "]")
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,17 @@ class CleanConfig:
             raise ValueError("--max-chars must be >= --min-chars")
 
 
+# The ASCII control bytes, for the fast check of ASCII text (bytes.translate runs in C at
+# several times the speed of a regex search; benchmarks/README.md, "Component figures").
+_ASCII_CONTROL = bytes(c for c in _CONTROL if c < 128)
+
+REPAIRS = ("newlines", "control", "unicode", "strip")
+"""The kinds of repair :class:`Cleaner` counts (``counts.repaired`` in the manifest)."""
+
+
 class Cleaner:
-    """Callable: cleans a :class:`Doc` in place; returns True if any repair changed it.
+    """Callable: cleans a :class:`Doc` in place; returns the kinds of repair that changed it
+    (a subset of :data:`REPAIRS`, empty when nothing changed).
 
     Raises :class:`RecordError` for a document to drop.
     """
@@ -68,17 +77,31 @@ class Cleaner:
         self.cfg = cfg
         self._form = None if cfg.unicode == "none" else cfg.unicode
 
-    def text(self, s: str, strip: bool | None = None) -> str:
+    def text(self, s: str, strip: bool | None = None, repairs: set[str] | None = None) -> str:
+        """``s`` repaired; each repair that changed it is added to ``repairs``."""
         cfg = self.cfg
+        found = repairs if repairs is not None else set()
         if cfg.fix_newlines and "\r" in s:
             s = s.replace("\r\n", "\n").replace("\r", "\n")
-        if cfg.strip_control and _CONTROL_RE.search(s):
+            found.add("newlines")
+        if cfg.strip_control and self.has_control(s):
             s = s.translate(_CONTROL)
-        if self._form is not None and not unicodedata.is_normalized(self._form, s):
+            found.add("control")
+        # ASCII text is in every normal form: only the rest needs the (fast, C) check
+        if self._form is not None and not s.isascii() and not unicodedata.is_normalized(self._form, s):
             s = unicodedata.normalize(self._form, s)
-        if cfg.strip if strip is None else strip:
+            found.add("unicode")
+        if (cfg.strip if strip is None else strip) and s and (s[0].isspace() or s[-1].isspace()):
             s = s.strip()
+            found.add("strip")
         return s
+
+    @staticmethod
+    def has_control(s: str) -> bool:
+        if s.isascii():  # O(1) in CPython: the string's own flag
+            b = s.encode("ascii")
+            return len(b.translate(None, _ASCII_CONTROL)) != len(b)
+        return CONTROL_RE.search(s) is not None
 
     def _check_size(self, n: int) -> None:
         if n == 0:
@@ -88,30 +111,30 @@ class Cleaner:
         if self.cfg.max_chars and n > self.cfg.max_chars:
             raise RecordError("too_long", f"{n} characters > --max-chars {self.cfg.max_chars}")
 
-    def __call__(self, doc: Doc) -> bool:
+    def __call__(self, doc: Doc) -> set[str]:
+        found: set[str] = set()
         if doc.kind == TEXT:
-            new = self.text(doc.text)
-            changed = new != doc.text
-            doc.text = new
-            self._check_size(len(new))
-            return changed
+            doc.text = self.text(doc.text, repairs=found)
+            self._check_size(len(doc.text))
+            return found
         if doc.kind == PROMPT:
             # Only the outer ends are stripped: the whitespace where prompt meets completion
             # (" answer" after "A:") is part of what the model must learn to produce.
-            p, c = self.text(doc.prompt, strip=False), self.text(doc.completion, strip=False)
+            p = self.text(doc.prompt, strip=False, repairs=found)
+            c = self.text(doc.completion, strip=False, repairs=found)
             if self.cfg.strip:
-                p, c = p.lstrip(), c.rstrip()
-            changed = p != doc.prompt or c != doc.completion
+                p2, c2 = p.lstrip(), c.rstrip()
+                if len(p2) != len(p) or len(c2) != len(c):
+                    found.add("strip")
+                p, c = p2, c2
             doc.prompt, doc.completion = p, c
             if not c.strip():
                 raise RecordError("empty", "completion is empty after cleaning: nothing to learn")
             self._check_size(len(p) + len(c))
-            return changed
+            return found
         assert doc.kind == CHAT
-        msgs = [(r, self.text(c)) for r, c in doc.messages]
-        changed = msgs != doc.messages
-        doc.messages = msgs
-        if not any(r == "assistant" and c for r, c in msgs):
+        doc.messages = [(r, self.text(c, repairs=found)) for r, c in doc.messages]
+        if not any(r == "assistant" and c for r, c in doc.messages):
             raise RecordError("no_assistant_turn", "chat has no non-empty assistant turn: nothing to learn")
-        self._check_size(sum(len(c) for _, c in msgs))
-        return changed
+        self._check_size(sum(len(c) for _, c in doc.messages))
+        return found

@@ -39,6 +39,7 @@ class Doc:
     prompt: str = ""
     completion: str = ""
     messages: list[tuple[str, str]] = field(default_factory=list)
+    chars: int = 0  # characters after cleaning (set by the task that reads it): batch sizing
 
 
 class RecordError(Exception):
@@ -91,6 +92,10 @@ class RecordMapper:
         self.cfg = cfg
         self.defaults = dict(cfg.defaults)
         self._prompt_fields = _TEMPLATE_FIELD.findall(cfg.prompt_field)
+        # The common record, {"text": "..."} under auto detection, decided by two lookups: it
+        # is neither chat (no messages field) nor prompt (no completion field).
+        self._plain = (cfg.shape in ("auto", "text") and "." not in cfg.text_field
+                       and "." not in cfg.messages_field and "." not in cfg.completion_field)
 
     def _get(self, obj: dict[str, Any], name: str) -> Any:
         value: Any = obj.get(name) if name in obj else _MISSING
@@ -168,6 +173,11 @@ class RecordMapper:
     def __call__(self, value: Any, file: int, line: int) -> Doc:
         if isinstance(value, str):  # plain-text inputs
             return Doc(TEXT, file, line, text=value)
+        if self._plain:
+            text = value.get(self.cfg.text_field)
+            if type(text) is str and (self.cfg.shape == "text" or (
+                    self.cfg.messages_field not in value and self.cfg.completion_field not in value)):
+                return Doc(TEXT, file, line, text=text)
         kind = self._kind(value)
         if kind == TEXT:
             return Doc(TEXT, file, line, text=self._get_str(value, self.cfg.text_field))

@@ -81,6 +81,26 @@ def test_cleaning_repairs() -> None:
     assert c.text("tab\tand\nnewline kept") == "tab\tand\nnewline kept"
 
 
+@pytest.mark.parametrize("text, kinds", [
+    ("clean", set()), (" padded ", {"strip"}), ("crlf\r\nhere", {"newlines"}),
+    ("bell\x07", {"control"}), ("c1\x85 and bom\ufeff", {"control"}), ("e\u0301", {"unicode"}),
+    ("ünïcödé", set()), ("  e\u0301\r\n\x00", {"newlines", "control", "unicode", "strip"}),
+])
+def test_each_repair_is_counted_by_kind(text: str, kinds: set[str]) -> None:
+    """The summary's repairs by kind (it used to be one "cleaning" count for every document that
+    changed at all); the ASCII fast path and the regex path find the same controls."""
+    d = Doc(TEXT, 0, 1, text=text)
+    assert Cleaner(CleanConfig())(d) == kinds
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F)) | st.text())
+def test_control_fast_path_equals_the_regex(s: str) -> None:
+    from fastprep.stages.clean import CONTROL_RE
+
+    assert Cleaner.has_control(s) == (CONTROL_RE.search(s) is not None)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_cleaning_is_idempotent_and_removes_controls(s: str) -> None:
@@ -98,7 +118,8 @@ def test_length_filters_and_reasons() -> None:
             c(Doc(TEXT, 0, 1, text=text))
         assert e.value.reason == reason
     d = Doc(TEXT, 0, 1, text=" hello ")
-    assert c(d) is True and d.text == "hello"
+    assert c(d) == {"strip"} and d.text == "hello"
+    assert c(Doc(TEXT, 0, 1, text="hello")) == set()
     with pytest.raises(RecordError) as e:
         Cleaner(CleanConfig())(Doc(PROMPT, 0, 1, prompt="q", completion="  "))
     assert e.value.reason == "empty"
