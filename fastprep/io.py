@@ -88,7 +88,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         f.write(data)
 
 
-def write_ones(f: IO[bytes], n: int) -> None:
+def write_ones(f: IO[bytes] | AtomicFile, n: int) -> None:
     """Append ``n`` bytes of value 1 (a loss mask of all targets) in bounded chunks."""
     chunk = np.ones(min(n, 1 << 24), np.uint8).tobytes()
     while n:

@@ -15,6 +15,8 @@ the manifest's ``tokenizer.backend``, and the spot checks during the run
 from __future__ import annotations
 
 import itertools
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +30,7 @@ from ..stages.records import Doc, RecordConfig, RecordError, RecordMapper
 from ..stages.tokenize import TokenizerBundle
 
 GATE_DOCS = 256          # the run's first documents the gate encodes with both backends
-GATE_CHARS = 1 << 18     # at most this much of their text (tokenizers encodes it at start-up)
+GATE_CHARS = 1 << 16     # at most this much of their text (tokenizers encodes it at start-up)
 
 
 @dataclass
@@ -46,22 +48,48 @@ class BackendChoice:
                 "fallback_reason": self.reason, "parity_gate": self.gate}
 
 
-_OPEN: dict[tuple[str, str], Backend] = {}  # the driver and inline tasks share one load
+# the driver, inline tasks and a worker's warm-up share one load per process
+_OPEN: dict[tuple[str, str], Future[Backend]] = {}
+_LOCK = threading.Lock()
+
+
+def preload_backend(name: str, raw: bytes, wait: bool = True) -> Backend | None:
+    """The fast backend ``name`` of a tokenizer file's bytes, cached by content. With
+    ``wait=False`` the load starts in a thread (fastokens releases the GIL while it builds its
+    tables, so the caller goes on) and None is returned."""
+    import hashlib
+
+    if name != "fastokens":
+        raise BackendError(f"--tokenizer-backend must be auto, hf or fastokens, not {name!r}")
+    key = (name, hashlib.sha256(raw).hexdigest())
+    with _LOCK:
+        fut = _OPEN.get(key)
+        if fut is None:
+            _OPEN.clear()
+            fut = _OPEN[key] = Future()
+            threading.Thread(target=_load_fast, args=(fut, raw), daemon=True,
+                             name="fastprep-load-backend").start()
+    return fut.result() if wait else None
+
+
+def _load_fast(fut: Future[Backend], raw: bytes) -> None:
+    from ..stages.backends import FastokensBackend
+
+    try:
+        fut.set_result(FastokensBackend(raw.decode("utf-8")))
+    except BaseException as e:  # noqa: BLE001 - re-raised by whoever waits on it
+        fut.set_exception(e)
 
 
 def open_backend(name: str, bundle: TokenizerBundle) -> Backend:
     """The backend ``name`` for this tokenizer (``BackendError`` if it cannot run it)."""
-    from ..stages.backends import FastokensBackend, HFBackend
+    from ..stages.backends import HFBackend
 
     if name == "hf":
         return HFBackend(bundle.tokenizer)
-    if name != "fastokens":
-        raise BackendError(f"--tokenizer-backend must be auto, hf or fastokens, not {name!r}")
-    key = (name, bundle.sha256)
-    if key not in _OPEN:
-        _OPEN.clear()
-        _OPEN[key] = FastokensBackend(bundle.json_bytes.decode("utf-8"))
-    return _OPEN[key]
+    backend = preload_backend(name, bundle.json_bytes)
+    assert backend is not None
+    return backend
 
 
 def first_documents(files: list[str], read: ReadConfig, records: RecordConfig,
@@ -126,7 +154,7 @@ def choose(requested: str, bundle: TokenizerBundle, docs: list[Doc], files: list
     candidates = FAST if requested == "auto" else (requested,)
     reasons = []
     for name in candidates:
-        why = support(bundle.json_bytes.decode("utf-8"), name)
+        why = support(bundle.config, name)
         try:
             if why is not None:
                 raise BackendError(f"{name} does not support this tokenizer's {why}")

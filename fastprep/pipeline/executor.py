@@ -109,26 +109,76 @@ def _call(fn: Callable[[Any], Any], task: Any) -> int:
     return task.index
 
 
-def _local(fn: Callable[[Any], Any], tasks: list[Any], done: set[int],
-           opts: ExecutorOptions) -> Iterator[Any]:
-    todo = [t for t in tasks if t.index not in done]
-    if runs_inline(opts, len(todo)):
-        for t in tasks:
-            if t.index not in done:
-                fn(t)
-            yield t
-        return
-    threads = max(1, available_cores() // opts.workers)
-    pool = ProcessPoolExecutor(max_workers=opts.workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=setup_worker, initargs=(threads, os.getpid()))
-    try:
-        futures = {t.index: pool.submit(_call, fn, t) for t in _largest_first(todo)}
-        for t in tasks:
-            if t.index not in done:
-                futures.pop(t.index).result()
-            yield t
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+def _init(threads: int, parent: int, warm: Callable[[], None] | None) -> None:
+    setup_worker(threads, parent)
+    if warm is not None:
+        try:
+            warm()
+        except Exception:  # noqa: BLE001 - a warm-up is an optimisation: the task redoes it
+            pass
+
+
+class Workers:
+    """Local worker processes, started before the tasks are known so their start-up (the
+    interpreter, imports, and ``warm``: loading the run's tokenizer) overlaps the driver's own
+    preparation (the parity gate, the output folder). ``warm`` must be picklable and must not
+    raise (a failure is ignored). Use as a context manager."""
+
+    def __init__(self, opts: ExecutorOptions, warm: Callable[[], None] | None = None,
+                 start: bool = True) -> None:
+        self.opts, self.warm = opts, warm
+        self.pool: ProcessPoolExecutor | None = None
+        if start:
+            self._start()
+
+    def _start(self) -> None:
+        if self.pool is not None or self.opts.kind != "local" or self.opts.workers < 2:
+            return
+        threads = max(1, available_cores() // self.opts.workers)
+        self.pool = ProcessPoolExecutor(
+            max_workers=self.opts.workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init, initargs=(threads, os.getpid(), self.warm))
+        for _ in range(self.opts.workers):  # spawn them now: a pool starts workers lazily
+            self.pool.submit(int)
+
+    def run_in_order(self, fn: Callable[[Any], Any], tasks: list[Any],
+                     done: set[int]) -> Iterator[Any]:
+        """Run ``fn`` on every task not in ``done`` and yield every task in task order once
+        its result is saved (tasks in ``done`` at once: an interrupted run saved them)."""
+        if self.opts.kind == "ray":
+            return _ray(fn, tasks, done, self.opts)
+        return self._local(fn, tasks, done)
+
+    def _local(self, fn: Callable[[Any], Any], tasks: list[Any], done: set[int]) -> Iterator[Any]:
+        todo = [t for t in tasks if t.index not in done]
+        if runs_inline(self.opts, len(todo)):
+            for t in tasks:
+                if t.index not in done:
+                    fn(t)
+                yield t
+            return
+        self._start()
+        assert self.pool is not None
+        futures = {t.index: self.pool.submit(_call, fn, t) for t in _largest_first(todo)}
+        try:
+            for t in tasks:
+                if t.index not in done:
+                    futures.pop(t.index).result()
+                yield t
+        finally:
+            for f in futures.values():
+                f.cancel()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def _ray_call(fn: Callable[[Any], Any], task: Any, threads: int) -> int:
@@ -166,8 +216,6 @@ def _ray(fn: Callable[[Any], Any], tasks: list[Any], done: set[int],
 
 def run_in_order(fn: Callable[[Any], Any], tasks: list[Any], done: set[int],
                  opts: ExecutorOptions) -> Iterator[Any]:
-    """Run ``fn`` on every task not in ``done`` and yield every task in task order once its
-    result is saved (tasks in ``done`` at once: an interrupted run saved them)."""
-    if opts.kind == "ray":
-        return _ray(fn, tasks, done, opts)
-    return _local(fn, tasks, done, opts)
+    """:meth:`Workers.run_in_order` with workers started for this call alone."""
+    with Workers(opts) as workers:
+        yield from workers.run_in_order(fn, tasks, done)

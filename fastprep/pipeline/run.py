@@ -23,6 +23,7 @@ parallelism settings.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 import shutil
@@ -40,21 +41,21 @@ from ..dataset.format import (QUARANTINE_FILE, TOKENIZER_FILE, WORK_DIR, Manifes
 from ..dataset.write import ShardWriter
 from ..io import atomic_write_bytes
 from ..stages.pack import PackPlan, plan
-from ..stages.read import expand_paths, file_kind, file_sizes
-from ..stages.records import KIND_NAMES
+from ..stages.read import expand_paths, file_sizes
+from ..stages.records import CHAT, KIND_NAMES
 from ..stages.tokenize import TokenizerBundle
-from ..stages.backends import BackendError
+from ..stages.backends import BackendError, support
 from . import outdir
-from .backend import BackendChoice, choose, first_documents
+from .backend import BackendChoice, choose, first_documents, preload_backend
 from .config import PrepareConfig
-from .executor import ExecutorOptions, available_cores, run_in_order, runs_inline
+from .executor import ExecutorOptions, Workers, available_cores, runs_inline
 from .merge import Merger
 from .progress import Progress
 from .quarantine import Quarantine
 from .rows import row_blocks, warm_kernels
 from .spill import RunSpill
 from .tasks import (BackendMismatch, Task, TaskResult, TaskSpec, TaskStrictError, load_result,
-                    plan_tasks, run_task)
+                    plan_tasks, preload, run_task)
 
 
 @dataclass
@@ -89,6 +90,7 @@ class _Run:
     workers: int
     notes: list[str]
     backend: BackendChoice
+    warm: threading.Thread | None = None  # loading the driver's numba kernels
 
     @property
     def ids_dt(self) -> np.dtype:
@@ -107,21 +109,61 @@ class _Run:
                         backend_explicit=run.tokenizer_backend != "auto",
                         spot_check=run.spot_check)
 
-    def executor(self) -> ExecutorOptions:
-        run = self.cfg.run
-        return ExecutorOptions(kind=run.executor, workers=self.workers,
-                               ray_address=run.ray_address, ray_cpus_per_task=run.ray_cpus_per_task)
+
+def _warm_args(cfg: PrepareConfig, bundle: TokenizerBundle) -> tuple[Any, ...]:
+    return (cfg.recipe.pack, cfg.recipe.dedupe.exact, ids_dtype(bundle.vocab_size),
+            segment_dtype(cfg.recipe.pack.seq_len))
 
 
-def _resolve(cfg: PrepareConfig) -> _Run:
-    """Inputs, tokenizer and output folder, checked before any work starts."""
+def _start_warm(cfg: PrepareConfig, bundle: TokenizerBundle, pool: Workers) -> threading.Thread | None:
+    """Load the driver's numba kernels (numba's import and their caches, a large share of a
+    small run's fixed cost) in a thread, overlapping the gate and the tasks. Not when tasks may
+    run in this process with MinHash: they launch parallel numba kernels, and numba's workqueue
+    threading layer aborts on parallel launches from two threads at once; then the kernels load
+    before the tasks (None)."""
+    if cfg.recipe.dedupe.minhash is not None and pool.pool is None:
+        return None
+    warm = threading.Thread(target=warm_kernels, args=_warm_args(cfg, bundle),
+                            name="fastprep-warm-kernels", daemon=True)
+    warm.start()
+    return warm
+
+
+def _inputs(cfg: PrepareConfig) -> tuple[list[str], TokenizerBundle]:
+    """The input files and the resolved tokenizer: one-line errors before anything starts."""
     recipe = cfg.recipe
     files = expand_paths(recipe.read.paths)
     bundle = TokenizerBundle(recipe.tokenize)
-    if recipe.records.shape in ("auto", "chat") and any(
-            file_kind(f) in ("jsonl", "parquet") for f in files):
+    if recipe.records.shape == "chat":
         bundle.renderer  # compile the chat template now: a broken one is a config error
-    workers = cfg.run.workers or available_cores()
+    return files, bundle
+
+
+def _task_bytes(cfg: PrepareConfig, files: list[str], workers: int) -> int:
+    """Input bytes per task of a fresh run: ~16 tasks per worker (1-64 MiB each). The last
+    task runs alone while other workers idle, so smaller tasks shorten that tail; per-task
+    cost is a few file opens."""
+    total = sum(os.path.getsize(f) for f in files)
+    return cfg.run.task_bytes or int(min(64 << 20, max(1 << 20, total // (workers * 16) + 1)))
+
+
+def _workers(cfg: PrepareConfig, files: list[str], bundle: TokenizerBundle) -> Workers:
+    """The worker processes, started now when the run has more than one task: they load the
+    tokenizer (and the fast backend where it may be chosen) while the driver runs the parity
+    gate and claims the output folder."""
+    run = cfg.run
+    opts = ExecutorOptions(kind=run.executor, workers=run.workers or available_cores(),
+                           ray_address=run.ray_address, ray_cpus_per_task=run.ray_cpus_per_task)
+    fast = run.tokenizer_backend != "hf" and support(bundle.config, "fastokens") is None
+    if fast and importlib.util.find_spec("fastokens") is not None:
+        preload_backend("fastokens", bundle.json_bytes, wait=False)  # for the gate, in a thread
+    warm = functools.partial(preload, bundle.spec.file, fast, cfg.recipe.dedupe.minhash is not None)
+    early = len(plan_tasks(files, _task_bytes(cfg, files, opts.workers))) > 1
+    return Workers(opts, warm, start=early)
+
+
+def _resolve(cfg: PrepareConfig, files: list[str], bundle: TokenizerBundle, workers: int) -> _Run:
+    """The backend and the output folder, decided before any task; the tasks planned."""
     notes: list[str] = []
     backend = _choose_backend(cfg, bundle, files, notes)
     fp = outdir.fingerprint(cfg, files, bundle.spec)
@@ -129,10 +171,7 @@ def _resolve(cfg: PrepareConfig) -> _Run:
     out = Path(cfg.run.out)
     work = out / WORK_DIR
     if task_bytes is None:
-        total_bytes = sum(os.path.getsize(f) for f in files)
-        # ~16 tasks per worker (1-64 MiB each): the last task runs alone while other workers
-        # idle, so smaller tasks shorten that tail; per-task cost is a few file opens.
-        task_bytes = cfg.run.task_bytes or int(min(64 << 20, max(1 << 20, total_bytes // (workers * 16) + 1)))
+        task_bytes = _task_bytes(cfg, files, workers)
         outdir.start_work(work, fp, task_bytes)
     return _Run(cfg, files, bundle, out, work, plan_tasks(files, task_bytes), workers, notes,
                 backend)
@@ -141,35 +180,31 @@ def _resolve(cfg: PrepareConfig) -> _Run:
 def _choose_backend(cfg: PrepareConfig, bundle: TokenizerBundle, files: list[str],
                     notes: list[str]) -> BackendChoice:
     r = cfg.recipe
-    docs = (first_documents(files, r.read, r.records, r.clean)
-            if cfg.run.tokenizer_backend != "hf" else [])
-    choice = choose(cfg.run.tokenizer_backend, bundle, docs, files)
+    docs = first_documents(files, r.read, r.records, r.clean)
+    if any(d.kind == CHAT for d in docs):
+        bundle.renderer  # the data has chats: a template that does not compile is a config error
+    choice = choose(cfg.run.tokenizer_backend, bundle,
+                    docs if cfg.run.tokenizer_backend != "hf" else [], files)
     if choice.reason:
         notes.append(f"tokenizing with tokenizers (hf): {choice.reason}")
     return choice
 
 
-def _merge_tasks(run: _Run, merger: Merger, quarantine: Quarantine, progress: Progress) -> None:
+def _merge_tasks(run: _Run, pool: Workers, merger: Merger, quarantine: Quarantine,
+                 progress: Progress) -> None:
     """Run every task (reusing those an interrupted run saved) and merge them in task order."""
     itemsize = run.ids_dt.itemsize
     done = {t.index for t in run.tasks if load_result(t, run.work, itemsize) is not None}
     if done:
         run.notes.append(f"resumed an interrupted run: {len(done)} of {len(run.tasks)} tasks were "
                          f"already done")
-    opts = run.executor()
-    warm: threading.Thread | None = None
-    args = (run.cfg.recipe.pack, run.cfg.recipe.dedupe.exact, run.ids_dt, run.seg_dt)
-    if runs_inline(opts, len(run.tasks) - len(done)):
-        # tasks run here and call parallel numba kernels (MinHash signatures); numba's
-        # workqueue threading layer aborts on parallel launches from two threads at once
-        warm_kernels(*args)
-    else:
-        warm = threading.Thread(target=warm_kernels, args=args, name="fastprep-warm-kernels",
-                                daemon=True)
-        warm.start()
+    if run.warm is None:
+        warm_kernels(*_warm_args(run.cfg, run.bundle))
+    elif run.cfg.recipe.dedupe.minhash is not None and runs_inline(pool.opts, len(run.tasks) - len(done)):
+        run.warm.join()  # inline MinHash tasks launch parallel kernels: one thread at a time
     fn = functools.partial(run_task, spec=run.task_spec(), work=str(run.work))
     try:
-        for task in run_in_order(fn, run.tasks, done, opts):
+        for task in pool.run_in_order(fn, run.tasks, done):
             merger.add(_load(task, run.work, itemsize))
             progress.update(merger.counts["records_read"], merger.counts["text_chars"],
                             merger.spill.tokens)
@@ -183,8 +218,8 @@ def _merge_tasks(run: _Run, merger: Merger, quarantine: Quarantine, progress: Pr
                            f"for the document at {t.path}:{merger.line_offset[t.file] + e.line} "
                            f"(a spot check); rerun with --tokenizer-backend auto or hf") from None
     finally:
-        if warm is not None:
-            warm.join()  # a daemon thread inside numba must not meet the interpreter's exit
+        if run.warm is not None:
+            run.warm.join()  # a daemon thread inside numba must not meet the interpreter's exit
     if merger.reruns:
         r = merger.reruns[0]
         run.notes.append(f"{len(merger.reruns)} task(s) re-tokenized with tokenizers after a "
@@ -276,7 +311,22 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
     manifest is written unless the run completes, so a failed run never looks finished.
     """
     t_start = time.perf_counter()
-    run = _resolve(cfg)
+    files, bundle = _inputs(cfg)
+    with _workers(cfg, files, bundle) as pool:
+        warm = _start_warm(cfg, bundle, pool)
+        try:
+            run = _resolve(cfg, files, bundle, pool.opts.workers)
+        except BaseException:
+            if warm is not None:
+                warm.join()  # a daemon thread inside numba must not meet the interpreter's exit
+            raise
+        run.warm = warm
+        return _execute(run, pool, t_start)
+
+
+def _execute(run: _Run, pool: Workers, t_start: float) -> PrepareStats:
+    """Tasks, merge, pack and write; on failure nothing of the dataset stays visible."""
+    cfg = run.cfg
     L = cfg.recipe.pack.seq_len
     quarantine = Quarantine(run.out / QUARANTINE_FILE, run.files, cfg.run.strict)
     progress = Progress(cfg.run.progress)
@@ -286,7 +336,7 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
     seconds: dict[str, float] = {}
     try:
         t = time.perf_counter()
-        _merge_tasks(run, merger, quarantine, progress)
+        _merge_tasks(run, pool, merger, quarantine, progress)
         seconds["tasks_wall"] = time.perf_counter() - t
         dedupe_out, near_out = merger.dedupe_record(cfg)
         merger.release_indexes()

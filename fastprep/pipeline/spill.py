@@ -12,7 +12,7 @@ all targets.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -20,29 +20,25 @@ from ..io import AtomicFile, read_ranges, write_ones
 
 
 class TokenFiles:
-    """An ids file and a loss-mask file that appears when the first masked document does.
+    """An ids file and a loss-mask file that appears when the first masked document does, both
+    written under temporary names and published with :meth:`commit` (a task's spill, which a
+    resumed run reuses)."""
 
-    ``atomic``: write both under temporary names and publish them with :meth:`commit` (a task's
-    spill, which a resumed run reuses); otherwise write in place (the driver's spill, rebuilt
-    from the task spills on every run) and :meth:`close`.
-    """
-
-    def __init__(self, ids_path: Path, mask_path: Path, *, atomic: bool) -> None:
+    def __init__(self, ids_path: Path, mask_path: Path) -> None:
         self.ids_path, self.mask_path = Path(ids_path), Path(mask_path)
-        self._atomic = atomic
-        self._ids: Any = AtomicFile(ids_path) if atomic else open(ids_path, "wb")
-        self._mask: Any = None
+        self._ids = AtomicFile(ids_path)
+        self._mask: AtomicFile | None = None
         self.tokens = 0
 
     @property
     def has_mask(self) -> bool:
         return self._mask is not None
 
-    def _mask_file(self, masked: bool) -> IO[bytes] | Any | None:
+    def _mask_file(self, masked: bool) -> AtomicFile | None:
         """The mask file to append to (opened, with ones for the tokens so far, when the first
         masked document arrives), or None while no document needed a mask."""
         if masked and self._mask is None:
-            self._mask = AtomicFile(self.mask_path) if self._atomic else open(self.mask_path, "wb")
+            self._mask = AtomicFile(self.mask_path)
             write_ones(self._mask, self.tokens)
         return self._mask
 
@@ -58,19 +54,6 @@ class TokenFiles:
                 f.write(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
         self.tokens += len(ids)
 
-    def append_files(self, ids_path: str, mask_path: str | None, n_tokens: int) -> None:
-        """Append another spill's files (``mask_path`` None: that spill had no mask)."""
-        with open(ids_path, "rb") as src:
-            shutil.copyfileobj(src, self._ids, 1 << 22)
-        f = self._mask_file(mask_path is not None)
-        if f is not None:
-            if mask_path is None:
-                write_ones(f, n_tokens)
-            else:
-                with open(mask_path, "rb") as src:
-                    shutil.copyfileobj(src, f, 1 << 22)
-        self.tokens += n_tokens
-
     def commit(self) -> None:
         """Publish an atomic spill (ids, and the mask if one appeared)."""
         self._ids.commit()
@@ -78,15 +61,10 @@ class TokenFiles:
             self._mask.commit()
 
     def close(self) -> None:
-        """Close an in-place spill, or discard an atomic one that was not committed."""
+        """Discard what was not committed."""
         for f in (self._ids, self._mask):
-            if f is None:
-                continue
-            if isinstance(f, AtomicFile):
-                if not f.file.closed:
-                    f.discard()
-            else:
-                f.close()
+            if f is not None and not f.file.closed:
+                f.discard()
 
 
 class RunSpill:

@@ -159,6 +159,25 @@ def _stages(spec: TaskSpec) -> dict[str, Any]:
     return _STATE
 
 
+def preload(tokenizer_file: str, fast: bool, minhash: bool) -> None:
+    """A worker's warm-up, run when it starts (before the driver knows the run's backend):
+    load the tokenizer, the fast backend if it may be chosen, and MinHash's kernels. The loads
+    are cached by content, so the first task finds them done."""
+    from pathlib import Path as _Path
+
+    from ..stages.tokenize import load_tokenizer
+    from .backend import preload_backend
+
+    raw = _Path(tokenizer_file).read_bytes()
+    load_tokenizer(raw, _Path(tokenizer_file))
+    if fast:
+        preload_backend("fastokens", raw)
+    if minhash:
+        from ..dedupe.minhash import MinHashConfig, signatures_and_sets
+
+        signatures_and_sets(["warm up the kernels"], MinHashConfig())
+
+
 class BackendMismatch(ValueError):
     """A spot-checked document whose ids from the run's backend differ from tokenizers'."""
 
@@ -339,7 +358,7 @@ class _TaskOutput:
     def __init__(self, work: str, task: Task, dtype: np.dtype, spec: TaskSpec) -> None:
         self.task, self.dtype, self.spec = task, dtype, spec
         self.files = TokenFiles(task_file(work, task, "ids.bin"),
-                                task_file(work, task, "loss_mask.bin"), atomic=True)
+                                task_file(work, task, "loss_mask.bin"))
         self.parts: dict[str, list[Any]] = {k: [] for k in
                                              ("lengths", "targets", "digests", "sigs", "sets")}
         self.lines: list[int] = []

@@ -144,12 +144,13 @@ def _types(node: Any, key: str) -> list[str | None]:
     return out
 
 
-def support(json_text: str, name: str) -> str | None:
-    """None if backend ``name`` is expected to reproduce this tokenizer exactly, else why not
-    (one line for the run's notice)."""
+def support(cfg: dict[str, Any] | str, name: str) -> str | None:
+    """None if backend ``name`` is expected to reproduce this tokenizer (``tokenizer.json``,
+    parsed or as text) exactly, else why not (one line for the run's notice)."""
     if name == "hf":
         return None
-    cfg = json.loads(json_text)
+    if isinstance(cfg, str):
+        cfg = json.loads(cfg)
     model = cfg.get("model") or {}
     if model.get("type") not in _FAST_MODELS:
         return f"model {model.get('type')} (only BPE is supported)"

@@ -134,7 +134,9 @@ def _tokenizer_file(src: Path) -> tuple[Path, Path]:
 _LOADED: dict[str, Any] = {}  # sha256 -> Tokenizer: the driver and inline tasks share one load
 
 
-def _load(raw: bytes, where: Path) -> Any:
+def load_tokenizer(raw: bytes, where: Path) -> Any:
+    """A ``tokenizers.Tokenizer`` of the file's bytes, padding and truncation off; the last one
+    loaded is cached by content (the driver, inline tasks and a worker's warm-up share it)."""
     from tokenizers import Tokenizer
 
     key = hashlib.sha256(raw).hexdigest()
@@ -151,9 +153,13 @@ def _load(raw: bytes, where: Path) -> Any:
     return tok
 
 
-def _vocab_size(tok: Any) -> int:
-    vocab = tok.get_vocab(with_added_tokens=True)
-    return max(tok.get_vocab_size(with_added_tokens=True), max(vocab.values(), default=-1) + 1)
+def _vocab_size(tok: Any, cfg: dict[str, Any]) -> int:
+    """One past the largest id: the model's vocabulary may have holes and an added token may
+    sit past ``get_vocab_size``."""
+    model_vocab = (cfg.get("model") or {}).get("vocab")
+    model_max = max(model_vocab.values(), default=-1) if isinstance(model_vocab, dict) else -1
+    return max(tok.get_vocab_size(with_added_tokens=True), model_max + 1,
+               max(tok.get_added_tokens_decoder(), default=-1) + 1)
 
 
 class TokenizerBundle:
@@ -170,7 +176,7 @@ class TokenizerBundle:
         src = Path(cfg.tokenizer)
         folder, tok_file = _tokenizer_file(src)
         raw = tok_file.read_bytes()
-        self.tokenizer = _load(raw, tok_file)
+        self.tokenizer = load_tokenizer(raw, tok_file)
         self.json_bytes = raw
         config = _read_json(folder / "tokenizer_config.json") if src.is_dir() else {}
         special = _read_json(folder / "special_tokens_map.json") if src.is_dir() else {}
@@ -196,7 +202,7 @@ class TokenizerBundle:
         template, template_source = self._template(cfg, folder, config if src.is_dir() else None)
         self.spec = TokenizerSpec(
             file=str(tok_file.resolve()), sha256=hashlib.sha256(raw).hexdigest(),
-            vocab_size=_vocab_size(self.tokenizer), bos_token=bos_token, eos_token=eos_token,
+            vocab_size=_vocab_size(self.tokenizer, self.config), bos_token=bos_token, eos_token=eos_token,
             bos_id=bos_id, eos_id=eos_id,
             # The pad value never reaches attention or loss (segment_ids mark padding); EOS is
             # the common choice when a tokenizer defines no pad token.
@@ -236,11 +242,11 @@ class TokenizerBundle:
             raise TokenizerError(f"{spec.file} changed while the run was going (its SHA-256 "
                                  f"differs from the driver's); rerun with a fixed tokenizer")
         self = cls.__new__(cls)
-        self.tokenizer = _load(raw, Path(spec.file))
+        self.tokenizer = load_tokenizer(raw, Path(spec.file))
         self.json_bytes = raw
         self.spec = spec
         self._renderer = None
-        got = (_vocab_size(self.tokenizer),
+        got = (_vocab_size(self.tokenizer, self.config),
                self.tokenizer.token_to_id(spec.bos_token) if spec.bos_token else None,
                self.tokenizer.token_to_id(spec.eos_token) if spec.eos_token else None)
         if got != (spec.vocab_size, spec.bos_id, spec.eos_id):
@@ -269,7 +275,9 @@ class TokenizerBundle:
         """The parsed ``tokenizer.json``."""
         cfg = getattr(self, "_config", None)
         if cfg is None:
-            cfg = self._config = json.loads(self.json_bytes)
+            import orjson
+
+            cfg = self._config = orjson.loads(self.json_bytes)
         return cfg
 
     @property

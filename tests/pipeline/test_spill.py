@@ -12,20 +12,16 @@ from fastprep.io import AtomicFile, atomic_write_bytes, is_temp_name, read_range
 from fastprep.pipeline.spill import RunSpill, TokenFiles
 
 
-@pytest.mark.parametrize("atomic", [True, False])
-def test_mask_appears_late_with_ones_for_earlier_tokens(tmp_path: Path, atomic: bool) -> None:
+def test_mask_appears_late_with_ones_for_earlier_tokens(tmp_path: Path) -> None:
     """Bug caught: a mask file opened only at the first masked document, without the ones of
     the plain-text tokens before it, shifts every later mask bit onto the wrong token."""
-    f = TokenFiles(tmp_path / "ids.bin", tmp_path / "mask.bin", atomic=atomic)
+    f = TokenFiles(tmp_path / "ids.bin", tmp_path / "mask.bin")
     f.append(np.arange(3, dtype=np.uint16), None)                 # text: no mask yet
     assert not f.has_mask
     f.append(np.arange(4, dtype=np.uint16), np.array([0, 0, 1, 1], np.uint8))
     f.append(np.arange(2, dtype=np.uint16), None)                 # text after the mask began
-    if atomic:
-        assert not (tmp_path / "ids.bin").exists()  # nothing visible before the commit
-        f.commit()
-    else:
-        f.close()
+    assert not (tmp_path / "ids.bin").exists()  # nothing visible before the commit
+    f.commit()
     assert np.fromfile(tmp_path / "ids.bin", np.uint16).tolist() == [0, 1, 2, 0, 1, 2, 3, 0, 1]
     assert np.fromfile(tmp_path / "mask.bin", np.uint8).tolist() == [1, 1, 1, 0, 0, 1, 1, 1, 1]
 
@@ -33,7 +29,7 @@ def test_mask_appears_late_with_ones_for_earlier_tokens(tmp_path: Path, atomic: 
 def test_run_spill_reads_task_files_as_one_stream(tmp_path: Path) -> None:
     tasks = []
     for i, (ids, mask) in enumerate([([5, 6], None), ([7], [0]), ([8, 9, 10], None)]):
-        t = TokenFiles(tmp_path / f"t{i}.ids", tmp_path / f"t{i}.mask", atomic=True)
+        t = TokenFiles(tmp_path / f"t{i}.ids", tmp_path / f"t{i}.mask")
         t.append(np.array(ids, np.uint16), None if mask is None else np.array(mask, np.uint8))
         t.commit()
         tasks.append((np.array([len(ids)], np.int64), str(t.ids_path),
