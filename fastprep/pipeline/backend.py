@@ -14,6 +14,7 @@ the manifest's ``tokenizer.backend``, and the spot checks during the run
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 from concurrent.futures import Future
@@ -96,10 +97,14 @@ def first_documents(files: list[str], read: ReadConfig, records: RecordConfig,
                     clean: CleanConfig, limit: int = GATE_DOCS) -> list[Doc]:
     """The run's first documents as the tasks will see them (bad records skipped)."""
     mapper, cleaner = RecordMapper(records), Cleaner(clean)
+    # a record larger than the gate takes is skipped by the reader, unparsed
+    read = dataclasses.replace(read, max_record_bytes=min(read.max_record_bytes, 4 * GATE_CHARS))
     docs: list[Doc] = []
-    chars = 0
+    chars = seen = 0
     for i, path in enumerate(files):
         for raw in itertools.islice(read_file(path, i, read), 4 * limit):
+            if seen > 16 * GATE_CHARS:  # enough looked at (a file of huge records)
+                return docs
             if raw.bad is not None:
                 continue
             try:
@@ -107,10 +112,14 @@ def first_documents(files: list[str], read: ReadConfig, records: RecordConfig,
                 cleaner(doc)
             except RecordError:
                 continue
-            docs.append(doc)
-            chars += len(doc.text) + len(doc.prompt) + len(doc.completion) + sum(
+            n = len(doc.text) + len(doc.prompt) + len(doc.completion) + sum(
                 len(c) for _, c in doc.messages)
-            if len(docs) >= limit or chars >= GATE_CHARS:
+            seen += n
+            if chars + n > GATE_CHARS:
+                continue  # a huge document is the spot checks' business, not the gate's
+            docs.append(doc)
+            chars += n
+            if len(docs) >= limit:
                 return docs
     return docs
 

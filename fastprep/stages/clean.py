@@ -58,6 +58,28 @@ class CleanConfig:
             raise ValueError("--max-chars must be >= --min-chars")
 
 
+_ASCII = re.compile(r"[\x00-\x7f]")
+
+
+def normalize(form: str, s: str, chunk: int = 1 << 16) -> str:
+    """``unicodedata.normalize(form, s)``, chunk by chunk where ``s`` is long, normalising only
+    the chunks that need it (``normalize`` runs at a few tens of MB/s; a long document usually
+    has a few spots that are not in the form). Chunks end before an ASCII character, where no
+    normal form composes or reorders across: ASCII characters are starters that are never the
+    second element of a composition."""
+    if len(s) <= 4 * chunk:
+        return unicodedata.normalize(form, s)
+    parts = []
+    start = 0
+    while start < len(s):
+        m = _ASCII.search(s, start + chunk) if start + chunk < len(s) else None
+        end = m.start() if m is not None else len(s)
+        piece = s[start:end]
+        parts.append(piece if unicodedata.is_normalized(form, piece) else unicodedata.normalize(form, piece))
+        start = end
+    return "".join(parts)
+
+
 # The ASCII control bytes, for the fast check of ASCII text (bytes.translate runs in C at
 # several times the speed of a regex search; benchmarks/README.md, "Component figures").
 _ASCII_CONTROL = bytes(c for c in _CONTROL if c < 128)
@@ -89,7 +111,7 @@ class Cleaner:
             found.add("control")
         # ASCII text is in every normal form: only the rest needs the (fast, C) check
         if self._form is not None and not s.isascii() and not unicodedata.is_normalized(self._form, s):
-            s = unicodedata.normalize(self._form, s)
+            s = normalize(self._form, s)
             found.add("unicode")
         if (cfg.strip if strip is None else strip) and s and (s[0].isspace() or s[-1].isspace()):
             s = s.strip()

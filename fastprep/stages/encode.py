@@ -26,6 +26,7 @@ the document's ranges, EOS), never with per-token Python.
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from collections import Counter
@@ -156,6 +157,59 @@ def _neutral(text: str, specials: SpecialTokens) -> str:
     return specials.pattern.sub(lambda m: "\ue000" * len(m.group()), text)
 
 
+SPLIT_CHARS = 1 << 18   # tokenizers (hf): longer texts are encoded in pieces of about this size
+SPLIT_WINDOW = 1 << 12  # characters on each side of a cut that verify it
+SPLIT_GROUP = 32        # pieces encoded per call: bounds tokenizers' per-token objects in memory
+# one newline between a visible character and a printable ASCII one (after two newlines the
+# regexes keep "\n\n" whole at the end of a piece but split it in the whole text)
+_CUT = re.compile(r"(?<=\S)\n(?=[!-~])")
+
+
+class Splitter:
+    """Cuts for encoding a long text in pieces with exactly the ids of the whole.
+
+    ``tokenizers`` encodes one text on one thread and keeps Python-visible per-token objects
+    for all of it (gigabytes for a 50 MiB document); fast backends need none of this. A cut is
+    made only where the pre-tokenizer cannot merge across: just after a single newline and
+    before a printable ASCII character (a pre-token boundary for the byte-level regexes of
+    GPT-2, Llama-3 and Qwen, and a place no NFC/NFKC composition crosses), and only after the
+    text around it encodes the same whole and in two parts (``SPLIT_WINDOW`` characters each
+    side).
+    Other pre-tokenizers (Metaspace and its prefix rules) and normalizers are never cut.
+    """
+
+    def __init__(self, cfg: dict[str, Any], reference: HFBackend) -> None:
+        pre = _types(cfg.get("pre_tokenizer"), "pretokenizers")
+        norms = {t for t in _types(cfg.get("normalizer"), "normalizers") if t not in (None, "Sequence")}
+        self.reference = reference
+        self.ok = ((cfg.get("model") or {}).get("type") == "BPE" and "ByteLevel" in pre
+                   and "Metaspace" not in pre and norms <= {"NFC", "NFKC"})
+
+    def _safe(self, text: str, p: int, special: bool) -> bool:
+        w = text[max(0, p - SPLIT_WINDOW):p + SPLIT_WINDOW]
+        k = p - max(0, p - SPLIT_WINDOW)
+        ids, off = self.reference.encode([w, w[:k], w[k:]], special)
+        return np.array_equal(ids[off[0]:off[1]], ids[off[1]:off[3]])
+
+    def pieces(self, text: str, special: bool) -> list[str]:
+        """``text`` cut at verified places about every ``SPLIT_CHARS`` characters."""
+        if not self.ok or len(text) <= SPLIT_CHARS:
+            return [text]
+        out, start = [], 0
+        while len(text) - start > SPLIT_CHARS:
+            cut = None
+            for m in itertools.islice(_CUT.finditer(text, start + SPLIT_CHARS // 2), 32):
+                if self._safe(text, m.end(), special):
+                    cut = m.end()
+                    break
+            if cut is None:  # no safe place near here: leave the rest whole
+                break
+            out.append(text[start:cut])
+            start = cut
+        out.append(text[start:])
+        return out
+
+
 class Encoder:
     """Callable: ``list[Doc] -> Encoded`` with the bundle's tokenizer and a backend."""
 
@@ -171,6 +225,7 @@ class Encoder:
         norms = [t for t in _types(cfg.get("normalizer"), "normalizers") if t not in (None, "Sequence")]
         self.unicode_forms = norms if set(norms) <= {"NFC", "NFD", "NFKC", "NFKD"} else None
         self.chat_paths: Counter[str] = Counter()  # chats placed by byte lengths / by offsets
+        self.splitter = Splitter(cfg, self.reference)
 
     @property
     def token_bytes(self) -> np.ndarray | None:
@@ -194,10 +249,29 @@ class Encoder:
                 texts.append(d.text)
             elif d.kind == PROMPT:
                 texts += (d.prompt, d.completion)
-        ids, off = self.backend.encode(texts, special=self.b.special_in_text)
+        ids, off = self._encode(texts, special=self.b.special_in_text)
         chats = [(i, d) for i, d in enumerate(docs) if d.kind != TEXT and d.kind != PROMPT]
         chat_ids, chat_mask, chat_off = self._chats(chats, keep, errors)
         return self._assemble(docs, keep, errors, ids, off, chat_ids, chat_mask, chat_off)
+
+    def _encode(self, texts: list[str], special: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The backend's flat ids; on tokenizers, long texts go in verified pieces, a bounded
+        number per call (:class:`Splitter`)."""
+        if self.backend.name != "hf" or all(len(t) <= SPLIT_CHARS for t in texts):
+            return self.backend.encode(texts, special)
+        pieces: list[str] = []
+        counts = np.zeros(len(texts), np.int64)
+        for i, t in enumerate(texts):
+            cut = self.splitter.pieces(t, special)
+            pieces += cut
+            counts[i] = len(cut)
+        parts = [self.backend.encode(pieces[k:k + SPLIT_GROUP], special)
+                 for k in range(0, len(pieces), SPLIT_GROUP)]
+        ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.uint32)
+        piece_off = np.concatenate([[0]] + [p[1][1:] + base for p, base in zip(
+            parts, np.cumsum([0] + [len(p[0]) for p in parts[:-1]]))]).astype(np.int64)
+        ends = np.cumsum(counts)
+        return ids, piece_off[np.concatenate([[0], ends])]
 
     # ---- chat ------------------------------------------------------------------------------
 
@@ -236,7 +310,7 @@ class Encoder:
             cut = [text[bounds[k]:bounds[k + 1]] for k in range(0, len(bounds), 2)]
             rendered.append((i, text, spans, markup, len(pieces)))
             pieces += cut
-        ids, off = self.backend.encode(pieces)
+        ids, off = self._encode(pieces)
         out_ids, out_mask, out_off = [], [], [0]
         for r in rendered:
             if r is not None:
@@ -392,12 +466,24 @@ class _Slots:
         nz = flat_len > 0
         flat_len, flat_start, flat_mode = flat_len[nz], flat_start[nz], flat_mode[nz]
         total = int(flat_len.sum())
+        masked = not bool(is_text.all())
+        if total > 64 * len(flat_len):
+            # long ranges (long documents): slice copies, no per-token index array
+            out_ids = np.concatenate([buf[a:a + n] for a, n in zip(flat_start.tolist(), flat_len.tolist())]
+                                     or [np.zeros(0, np.uint32)])
+            mask = None
+            if masked:
+                mask = np.concatenate([mbuf[a:a + n] if m == 2 else np.full(n, m, np.uint8)
+                                       for a, n, m in zip(flat_start.tolist(), flat_len.tolist(),
+                                                          flat_mode.tolist())])
+            return Encoded(ids=out_ids, lengths=lengths.astype(np.int64), loss_mask=mask,
+                           keep=keep, errors=errors)
         pos = np.zeros(len(flat_len), np.int64)
         np.cumsum(flat_len[:-1], out=pos[1:])
         idx = np.repeat(flat_start - pos, flat_len) + np.arange(total, dtype=np.int64)
         out_ids = buf[idx]
         mask = None
-        if not bool(is_text.all()):
+        if masked:
             mode = np.repeat(flat_mode, flat_len)
             mask = np.where(mode == 2, mbuf[idx], mode).astype(np.uint8)
         return Encoded(ids=out_ids, lengths=lengths.astype(np.int64), loss_mask=mask, keep=keep,

@@ -179,3 +179,64 @@ def test_assembly_equals_per_document_concatenation(folders: dict[str, Path]) ->
             else:
                 head_m = [0] * len(head)
                 assert mask == head_m + list(body_mask) + [1] * len(tail), (bos, eos, d)
+
+
+def long_text(seed: int, n: int = 400) -> str:
+    rng = random.Random(seed)
+    lines = make_texts(n, seed=seed, max_words=25) + ["", "    indented(x)", "\t tabbed", "日本語の行",
+                                                       "ünïcödé line", "e\u0301 decomposed", "x = [1, 2]"]
+    return "\n".join(rng.choice(lines) for _ in range(n)) + "\n" + "\n\n".join(make_texts(20, seed=seed))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama3", "qwen"])
+def test_long_texts_split_on_tokenizers_give_the_whole_texts_ids(folders: dict[str, Path], family: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """tokenizers encodes a long text in verified pieces (memory and threads); the ids are the
+    whole text's, cut after cut (bug caught: a cut after "\\n\\n", where the pieces' regex
+    keeps the two newlines together but the whole text splits them)."""
+    from fastprep.stages import encode as E
+
+    monkeypatch.setattr(E, "SPLIT_CHARS", 600)
+    monkeypatch.setattr(E, "SPLIT_WINDOW", 200)
+    b = TokenizerBundle(TokenizeConfig(tokenizer=str(folders[family]), bos="never", eos="never"))
+    enc = Encoder(b)
+    assert enc.splitter.ok
+    texts = [long_text(s) for s in range(4)] + ["short"]
+    pieces = sum(len(enc.splitter.pieces(t, False)) for t in texts)
+    assert pieces > 40  # guard: the texts really were cut
+    got = split(enc([Doc(TEXT, 0, i, text=t) for i, t in enumerate(texts)]))
+    b.tokenizer.encode_special_tokens = True
+    for t, (ids, _) in zip(texts, got):
+        assert ids == b.tokenizer.encode(t, add_special_tokens=False).ids
+    b.tokenizer.encode_special_tokens = False
+
+
+def test_no_cut_for_pretokenizers_that_prefix_each_piece(folders: dict[str, Path]) -> None:
+    b = TokenizerBundle(TokenizeConfig(tokenizer=str(folders["spm"])))
+    assert not Encoder(b).splitter.ok  # Prepend("▁") would add a marker to every piece
+
+
+def test_chunked_normalisation_equals_unicodedata() -> None:
+    import unicodedata
+
+    from fastprep.stages.clean import normalize
+
+    rng = random.Random(3)
+    alphabet = ["a", "e", "\u0301", "\u0327", "ﬁ", "Å", "A\u030a", " ", "\n", "한", "\u1100\u1161", "ｶ", "ﾞ"]
+    for _ in range(20):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(1000, 6000)))
+        for form in ("NFC", "NFKC"):
+            assert normalize(form, s, chunk=64) == unicodedata.normalize(form, s)
+
+
+def test_long_document_assembly_equals_the_vectorised_one(folders: dict[str, Path]) -> None:
+    """The assembly copies slices when documents are long and gathers by index otherwise:
+    both give the same ids and masks."""
+    b = TokenizerBundle(TokenizeConfig(tokenizer=str(folders["gpt2"])))
+    few_long = [Doc(TEXT, 0, 1, text=long_text(1)), Doc(PROMPT, 0, 2, prompt="q: " * 300, completion=" a" * 400),
+                *chats(1)]
+    many_short = few_long + [Doc(TEXT, 0, 10 + i, text="x") for i in range(400)]
+    a, c = Encoder(b)(few_long), Encoder(b)(many_short)
+    n = int(a.lengths.sum())
+    assert np.array_equal(a.ids, c.ids[:n]) and np.array_equal(a.loss_mask, c.loss_mask[:n])
+    assert n > 64 * 4 * len(few_long)  # guard: the first batch took the slice path
