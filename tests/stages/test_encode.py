@@ -192,8 +192,7 @@ def long_text(seed: int, n: int = 400) -> str:
 def test_long_texts_split_on_tokenizers_give_the_whole_texts_ids(folders: dict[str, Path], family: str,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """tokenizers encodes a long text in verified pieces (memory and threads); the ids are the
-    whole text's, cut after cut (bug caught: a cut after "\\n\\n", where the pieces' regex
-    keeps the two newlines together but the whole text splits them)."""
+    whole text's, cut after cut."""
     from fastprep.stages import encode as E
 
     monkeypatch.setattr(E, "SPLIT_CHARS", 600)
@@ -240,3 +239,38 @@ def test_long_document_assembly_equals_the_vectorised_one(folders: dict[str, Pat
     n = int(a.lengths.sum())
     assert np.array_equal(a.ids, c.ids[:n]) and np.array_equal(a.loss_mask, c.loss_mask[:n])
     assert n > 64 * 4 * len(few_long)  # guard: the first batch took the slice path
+
+
+def test_a_cut_the_pretokenizer_merges_across_is_refused(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Split regex that glues each newline to the next line ("\nabc" is one pre-token) and a
+    vocabulary trained with it (merges such as "\nof"): the usual cut place is inside a
+    pre-token there, and only the window check finds it out (bug caught: cutting wherever the
+    newline rule allows)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from fastprep.stages import encode as E
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex("\n?[^\n]*"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([long_text(s) for s in range(6)], trainers.BpeTrainer(
+        vocab_size=2000, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    monkeypatch.setattr(E, "SPLIT_CHARS", 600)
+    monkeypatch.setattr(E, "SPLIT_WINDOW", 200)
+    b = TokenizerBundle(TokenizeConfig(tokenizer=str(tmp_path / "tokenizer.json"), bos="never", eos="never"))
+    enc = Encoder(b)
+    text = long_text(7)
+    b.tokenizer.encode_special_tokens = True
+    want = b.tokenizer.encode(text, add_special_tokens=False).ids
+    b.tokenizer.encode_special_tokens = False
+    cuts = [0] + [m.end() for m in E._CUT.finditer(text)][:50]
+    cut_anywhere = sum((b.tokenizer.encode(text[a:z], add_special_tokens=False).ids
+                        for a, z in zip(cuts, cuts[1:])), [])
+    assert cut_anywhere != want[:len(cut_anywhere)]  # guard: unchecked cuts would change ids
+    assert enc.splitter.ok
+    (ids, _), = split(enc([Doc(TEXT, 0, 1, text=text)]))
+    assert ids == want
