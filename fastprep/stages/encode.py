@@ -162,7 +162,7 @@ SPLIT_WINDOW = 1 << 12  # characters on each side of a cut that verify it
 SPLIT_GROUP = 32        # pieces encoded per call: bounds tokenizers' per-token objects in memory
 # one newline between a visible character and a printable ASCII one (after two newlines the
 # regexes keep "\n\n" whole at the end of a piece but split it in the whole text)
-_CUT = re.compile(r"(?<=\S)\n(?=[!-~])")
+CUT_PLACE = re.compile(r"(?<=\S)\n(?=[!-~])")
 
 
 class Splitter:
@@ -198,7 +198,7 @@ class Splitter:
         out, start = [], 0
         while len(text) - start > SPLIT_CHARS:
             cut = None
-            for m in itertools.islice(_CUT.finditer(text, start + SPLIT_CHARS // 2), 32):
+            for m in itertools.islice(CUT_PLACE.finditer(text, start + SPLIT_CHARS // 2), 32):
                 if self._safe(text, m.end(), special):
                     cut = m.end()
                     break
