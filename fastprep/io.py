@@ -47,13 +47,43 @@ class AtomicFile:
             f.write(data)
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], direct: bool = False) -> None:
+        """``direct``: write whole aligned blocks past the page cache (``O_DIRECT``, Linux),
+        for large sequential outputs such as shards: on this project's machine buffered writes
+        run at ~420 MB/s once the first 100 MB are cached and direct ones at ~2.8 GB/s
+        (``benchmarks/README.md``). Anything unaligned, and filesystems without ``O_DIRECT``,
+        are written the usual way."""
         self.path = Path(path)
         self.tmp = temp_path(self.path)
-        self.file: BinaryIO = open(self.tmp, "wb")
+        self._direct = -1
+        if direct and hasattr(os, "O_DIRECT"):
+            try:
+                self._direct = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT,
+                                       0o644)
+            except OSError:
+                self._direct = -1
+        self.file: BinaryIO = (os.fdopen(self._direct, "wb", buffering=0) if self._direct >= 0
+                               else open(self.tmp, "wb"))
 
     def write(self, data: bytes | memoryview) -> int:
+        if self._direct >= 0:
+            view = memoryview(data).cast("B")
+            if len(view) % _BLOCK or _address(view) % _BLOCK:
+                self._stop_direct()
+            else:
+                done = 0
+                while done < len(view):  # a raw write may be short
+                    done += os.write(self._direct, view[done:])
+                return done
         return self.file.write(data)
+
+    def _stop_direct(self) -> None:
+        """Back to ordinary writes for the rest of the file (its unaligned tail)."""
+        import fcntl
+
+        flags = fcntl.fcntl(self._direct, fcntl.F_GETFL)
+        fcntl.fcntl(self._direct, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+        self._direct = -1
 
     def commit(self) -> Path:
         """fsync, close and rename into place; returns the final path."""
@@ -80,6 +110,17 @@ class AtomicFile:
             self.commit()
         else:
             self.discard()
+
+
+_BLOCK = 4096  # O_DIRECT's alignment of addresses and sizes (the common logical block)
+
+
+def _address(view: memoryview) -> int:
+    import ctypes
+
+    if view.readonly:  # read-only buffers cannot be addressed this way: take the slow path
+        return 1
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -44,7 +44,7 @@ class ShardWriter:
     def _open(self) -> None:
         self._name = shard_name(len(self.shards))
         for a in self.arrays:
-            self._files[a] = AtomicFile(self.out / shard_file(self._name, a))
+            self._files[a] = AtomicFile(self.out / shard_file(self._name, a), direct=True)
             self._hash[a] = hashlib.sha256()
         self._rows_in_shard = 0
 

@@ -73,3 +73,20 @@ def test_read_ranges_merges_adjacent_ranges(tmp_path: Path) -> None:
     assert got.tolist() == [3, 4, 5, 6, 7, 50, 90, 91, 92, 93]
     with open(tmp_path / "d.bin", "rb") as f, pytest.raises(OSError, match="shorter"):
         read_ranges(f, np.array([98]), np.array([5]), out)
+
+
+def test_direct_writes_are_exact_with_an_unaligned_tail(tmp_path: Path) -> None:
+    """Shards go past the page cache in aligned blocks and the usual way for the rest (bug
+    caught: a tail not a multiple of the block size rejected, or written twice)."""
+    from fastprep.stages.pack import row_buffers
+
+    bufs = row_buffers(2048, 2048, np.dtype(np.uint16), np.dtype(np.uint16))  # 2 MiB aligned
+    block = bufs["input_ids"]
+    block[:] = np.arange(block.size, dtype=np.uint16).reshape(block.shape)
+    with AtomicFile(tmp_path / "s.bin", direct=True) as f:
+        f.write(block.data)                # 8 MiB, aligned: direct
+        f.write(block[:3, :5].copy().data)  # 30 bytes: the ordinary path
+        f.write(block[1:2].data)           # aligned size, unaligned address once direct stopped
+    got = np.fromfile(tmp_path / "s.bin", np.uint16)
+    want = np.concatenate([block.ravel(), block[:3, :5].ravel(), block[1].ravel()])
+    assert np.array_equal(got, want)
