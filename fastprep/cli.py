@@ -8,6 +8,7 @@ a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -119,7 +120,11 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     if ds.rows == 0:
         print("(no rows)")
         return 0
-    row = ds.row(min(a.row, ds.rows - 1))
+    index = a.row + ds.rows if a.row < 0 else a.row  # -1 is the last row, as in Python
+    if not 0 <= index < ds.rows:
+        raise ValueError(f"--row {a.row}: the dataset has {ds.rows:,} rows (0..{ds.rows - 1}, or "
+                         f"-1..-{ds.rows} from the end)")
+    row = ds.row(index)
     seg = np.asarray(row["segment_ids"])
     ids = np.asarray(row["input_ids"])
     mask = np.asarray(row["loss_mask"]) if "loss_mask" in row else None
@@ -129,7 +134,7 @@ def cmd_inspect(a: argparse.Namespace) -> int:
         from tokenizers import Tokenizer
 
         decode = Tokenizer.from_file(str(tok_path)).decode
-    print(f"\nrow {min(a.row, ds.rows - 1)}: {int((seg != 0).sum())} real tokens, {int(seg.max())} document(s)")
+    print(f"\nrow {index}: {int((seg != 0).sum())} real tokens, {int(seg.max())} document(s)")
     for s in range(1, int(seg.max()) + 1):
         sel = seg == s
         piece = ids[sel].tolist()
@@ -214,11 +219,18 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        print("fastprep: interrupted", file=sys.stderr)
+        tail = ("; run the same command again to resume from the finished tasks"
+                if a.command == "prepare" else "")
+        print(f"fastprep: interrupted{tail}", file=sys.stderr)
         return 130
     except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"fastprep: error: {where}{e.strerror or e}", file=sys.stderr)
+        out = getattr(a, "run__out", None)
+        where = f"{e.filename}: " if e.filename else (f"{out}: " if out else "")
+        hint = ""
+        if a.command == "prepare" and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = (" (free space there, then run the same command again: finished tasks are "
+                    "kept and resumed)")
+        print(f"fastprep: error: {where}{e.strerror or e}{hint}", file=sys.stderr)
         return 1
     except ValueError as e:  # InputError, TokenizerError, OutputError, StrictError, DatasetError, ...
         print(f"fastprep: error: {e}", file=sys.stderr)

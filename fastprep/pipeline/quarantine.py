@@ -50,6 +50,10 @@ def excerpt(value: Any, n: int = 200) -> str:
         return repr(value)[:n]
 
 
+class NothingKept(ValueError):
+    """A run in which no record became a document: no dataset is written."""
+
+
 class StrictError(ValueError):
     """Raised under ``--strict`` at the first bad record, naming file, line and fix."""
 
@@ -62,6 +66,7 @@ class Quarantine:
         self.files = files
         self.strict = strict
         self.counts: Counter[str] = Counter()
+        self.first: dict[str, str] = {}  # reason -> the first record's detail, for diagnoses
         self._f: AtomicFile | None = None
 
     def add(self, file: int, line: int, reason: str, detail: str, raw: Any = b"") -> None:
@@ -69,6 +74,7 @@ class Quarantine:
         if self.strict:
             raise self.strict_error(file, line, reason, detail)
         self.counts[reason] += 1
+        self.first.setdefault(reason, detail)
         if self.path is None:
             return
         if self._f is None:
@@ -81,6 +87,17 @@ class Quarantine:
         hint = FIXES.get(reason, "fix the record")
         return StrictError(f"{source}:{line}: {reason}: {detail}. Fix: {hint} "
                            f"(or run without --strict to skip and quarantine bad records)")
+
+    def why_nothing(self, records: int) -> str:
+        """The likeliest reason a run kept no document, in one line with its fix."""
+        if records == 0:
+            return "the inputs hold no records (empty files, or only blank lines)"
+        reason, n = self.counts.most_common(1)[0] if self.counts else ("", 0)
+        if not reason:
+            return f"all {records:,} records were dropped"
+        where = f"; see {self.path}" if self.path is not None and self._f is not None else ""
+        return (f"no record became a document: {n:,} of {records:,} were {reason} (first: "
+                f"{self.first[reason]}). Fix: {FIXES.get(reason, 'fix the records')}{where}")
 
     def close(self) -> None:
         """Publish the file (only when something was quarantined)."""

@@ -42,8 +42,9 @@ from ..dataset.write import ShardWriter
 from ..io import atomic_write_bytes
 from ..stages.pack import PackPlan, plan
 from ..stages.read import expand_paths, file_sizes
+from ..stages.chat import TemplateError
 from ..stages.records import CHAT, KIND_NAMES
-from ..stages.tokenize import TokenizerBundle
+from ..stages.tokenize import TokenizerBundle, TokenizerError
 from ..stages.backends import BackendError, support
 from . import outdir
 from .backend import BackendChoice, choose, first_documents, preload_backend
@@ -51,7 +52,7 @@ from .config import PrepareConfig
 from .executor import ExecutorOptions, Workers, available_cores, runs_inline
 from .merge import Merger
 from .progress import Progress
-from .quarantine import Quarantine
+from .quarantine import NothingKept, Quarantine
 from .rows import row_blocks, warm_kernels
 from .spill import RunSpill
 from .tasks import (BackendMismatch, Task, TaskResult, TaskSpec, TaskStrictError, load_result,
@@ -169,7 +170,7 @@ def _resolve(cfg: PrepareConfig, files: list[str], bundle: TokenizerBundle, work
     fp = outdir.fingerprint(cfg, files, bundle.spec)
     task_bytes = outdir.claim(cfg, fp, notes)
     out = Path(cfg.run.out)
-    work = out / WORK_DIR
+    work = out.resolve() / WORK_DIR  # absolute: tasks may run in another working folder
     if task_bytes is None:
         task_bytes = _task_bytes(cfg, files, workers)
         outdir.start_work(work, fp, task_bytes)
@@ -177,12 +178,35 @@ def _resolve(cfg: PrepareConfig, files: list[str], bundle: TokenizerBundle, work
                 backend)
 
 
+def _check_template(bundle: TokenizerBundle, chats: list[Any]) -> None:
+    """The data has chats: a template that does not compile, or that fails on every one of
+    the first chats, is a configuration error, not a quarantine of every record."""
+    if not chats:
+        return
+    bundle.renderer  # compiles, or raises TemplateError (a ValueError: one line)
+    errors = []
+    for d in chats[:32]:
+        try:
+            bundle.renderer.render_with_spans(d.messages)
+            return
+        except TemplateError as e:
+            errors.append(str(e))
+    raise TemplateError(f"the chat template ({bundle.chat_template_source}) fails on the first "
+                        f"{len(errors)} chat records: {errors[0]}; fix it or pass --chat-template FILE")
+
+
 def _choose_backend(cfg: PrepareConfig, bundle: TokenizerBundle, files: list[str],
                     notes: list[str]) -> BackendChoice:
     r = cfg.recipe
+    notes += bundle.notes
     docs = first_documents(files, r.read, r.records, r.clean)
-    if any(d.kind == CHAT for d in docs):
-        bundle.renderer  # the data has chats: a template that does not compile is a config error
+    _check_template(bundle, [d for d in docs if d.kind == CHAT])
+    if (bundle.eos_id is None and r.tokenize.eos != "never"
+            and any(d.kind != CHAT for d in docs)):
+        # text and completions end with EOS so that a model learns to stop
+        raise TokenizerError(f"{r.tokenize.tokenizer} defines no EOS token and none of its special "
+                             f"tokens is a known one; name it with --eos-token TOKEN (or pass "
+                             f"--eos never to pack documents without an end token)")
     choice = choose(cfg.run.tokenizer_backend, bundle,
                     docs if cfg.run.tokenizer_backend != "hf" else [], files)
     if choice.reason:
@@ -338,6 +362,10 @@ def _execute(run: _Run, pool: Workers, t_start: float) -> PrepareStats:
         t = time.perf_counter()
         _merge_tasks(run, pool, merger, quarantine, progress)
         seconds["tasks_wall"] = time.perf_counter() - t
+        if int(merger.kinds.sum()) == 0:
+            why = quarantine.why_nothing(merger.counts["records_read"])
+            quarantine.close()  # kept, to read; no dataset is written
+            raise NothingKept(f"no dataset written: {why}")
         dedupe_out, near_out = merger.dedupe_record(cfg)
         merger.release_indexes()
         progress.message("packing and writing shards")

@@ -52,9 +52,11 @@ class Task:
 
 
 def plan_tasks(files: list[str], target_bytes: int) -> list[Task]:
-    """Whole files, with uncompressed JSON Lines files larger than 2 x target cut into ranges."""
+    """Whole files, with uncompressed JSON Lines files larger than 2 x target cut into ranges.
+    Paths are absolute: a task may run in another working folder (a Ray worker)."""
     tasks: list[Task] = []
-    for i, path in enumerate(files):
+    for i, name in enumerate(files):
+        path = os.path.abspath(name)
         size = os.path.getsize(path)
         if splittable(path) and size > 2 * target_bytes:
             n = -(-size // target_bytes)

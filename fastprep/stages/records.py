@@ -3,8 +3,9 @@
 - ``text``: pre-training style; every token is a target.
 - ``prompt``: ``prompt`` + ``completion`` (instruction, QA, summarization, translation, paraphrase,
   code); loss only on the completion.
-- ``chat``: ``messages``, a list of ``{role, content}`` (also ShareGPT's ``{from, value}`` with
-  human/gpt roles); optional system/persona turn; loss only on assistant turns.
+- ``chat``: ``messages``, a list of ``{role, content}`` (also ShareGPT's ``conversations`` of
+  ``{from, value}`` with human/gpt roles); optional system/persona turn; loss only on assistant
+  turns.
 
 The shape is detected per record from the fields present (``messages``, then ``prompt`` +
 ``completion``, then ``text``) unless ``shape`` forces one. Field names are mapped by the user;
@@ -126,10 +127,18 @@ class RecordMapper:
             return self._get_str(obj, self.cfg.prompt_field)
         return _TEMPLATE_FIELD.sub(lambda m: self._get_str(obj, m.group(1)), self.cfg.prompt_field)
 
+    def _messages_name(self, obj: dict[str, Any]) -> str:
+        """The field holding the conversation: ``--messages-field``, or ShareGPT's
+        ``conversations`` when the default ``messages`` is absent."""
+        name = self.cfg.messages_field
+        if name == "messages" and name not in obj and "conversations" in obj:
+            return "conversations"
+        return name
+
     def _messages(self, obj: dict[str, Any]) -> list[tuple[str, str]]:
-        raw = self._get(obj, self.cfg.messages_field)
+        raw = self._get(obj, self._messages_name(obj))
         if not isinstance(raw, list) or not raw:
-            raise RecordError("bad_messages", f"{self.cfg.messages_field!r} must be a non-empty list "
+            raise RecordError("bad_messages", f"{self._messages_name(obj)!r} must be a non-empty list "
                               f"of {{role, content}} objects")
         out: list[tuple[str, str]] = []
         for i, m in enumerate(raw):
@@ -156,7 +165,7 @@ class RecordMapper:
             return PROMPT
         if shape == "chat":
             return CHAT
-        if self.cfg.messages_field in obj:
+        if self._messages_name(obj) in obj:
             return CHAT
         prompt_present = (all(f.split(".")[0] in obj or f in self.defaults for f in self._prompt_fields)
                           if self._prompt_fields else self.cfg.prompt_field.split(".")[0] in obj)
@@ -176,7 +185,8 @@ class RecordMapper:
         if self._plain:
             text = value.get(self.cfg.text_field)
             if type(text) is str and (self.cfg.shape == "text" or (
-                    self.cfg.messages_field not in value and self.cfg.completion_field not in value)):
+                    self.cfg.messages_field not in value and self.cfg.completion_field not in value
+                    and "conversations" not in value)):
                 return Doc(TEXT, file, line, text=text)
         kind = self._kind(value)
         if kind == TEXT:

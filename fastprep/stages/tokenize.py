@@ -51,6 +51,13 @@ class TokenizeConfig:
         "close their own turns)")
     chat_template: str | None = option(None, "a Jinja file that overrides the tokenizer's chat "
                                        "template")
+    bos_token: str | None = option(None, "the BOS token (its string, or its id), instead of the "
+                                   "tokenizer's configuration or what is inferred from a bare "
+                                   "tokenizer.json")
+    eos_token: str | None = option(None, "the EOS token (its string, or its id); a bare "
+                                   "tokenizer.json's is inferred from its special tokens")
+    pad_token: str | None = option(None, "the pad token (its string, or its id); default: the "
+                                   "configured one, else EOS")
     special_tokens_in_text: bool = option(
         False, "let '<|endoftext|>'-like strings in text, prompts and completions become special "
         "tokens (off: they stay text, as nanoGPT's encode_ordinary; data that merely mentions "
@@ -162,6 +169,14 @@ def _vocab_size(tok: Any, cfg: dict[str, Any]) -> int:
                max(tok.get_added_tokens_decoder(), default=-1) + 1)
 
 
+# Well-known special tokens of bare tokenizer.json files, most specific first: what EOS and BOS
+# are when no tokenizer_config.json / special_tokens_map.json names them (GPT-2 and Qwen2
+# <|endoftext|>, Llama-3 <|end_of_text|>, Llama-2/Mistral </s>, Gemma <eos>).
+EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eot_id|>", "<|im_end|>",
+                  "<|end|>")
+BOS_CANDIDATES = ("<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>")
+
+
 class TokenizerBundle:
     """A loaded tokenizer with its special tokens, chat template and resolved BOS/EOS policy.
 
@@ -178,28 +193,27 @@ class TokenizerBundle:
         raw = tok_file.read_bytes()
         self.tokenizer = load_tokenizer(raw, tok_file)
         self.json_bytes = raw
-        config = _read_json(folder / "tokenizer_config.json") if src.is_dir() else {}
-        special = _read_json(folder / "special_tokens_map.json") if src.is_dir() else {}
-
-        def token(name: str) -> tuple[str | None, int | None]:
-            tok = _token_str(config.get(name)) or _token_str(special.get(name))
-            tid = self.tokenizer.token_to_id(tok) if tok else None
-            return (tok, tid) if tid is not None else (None, None)
-
-        bos_token, bos_id = token("bos_token")
-        eos_token, eos_id = token("eos_token")
-        _, pad_id = token("pad_token")
+        self.notes: list[str] = []  # what was inferred, for the run's summary
+        # the folder's configuration whether --tokenizer names the folder or its tokenizer.json:
+        # both must give the same dataset
+        config = _read_json(folder / "tokenizer_config.json")
+        special = _read_json(folder / "special_tokens_map.json")
+        bos_token, bos_id = self._special("bos", cfg.bos_token, config, special, BOS_CANDIDATES)
+        eos_token, eos_id = self._special("eos", cfg.eos_token, config, special, EOS_CANDIDATES)
+        _, pad_id = self._special("pad", cfg.pad_token, config, special, ())
         if cfg.bos == "always" and bos_id is None:
-            raise TokenizerError(f"--bos always, but {src} defines no bos_token "
-                                 f"(tokenizer_config.json / special_tokens_map.json)")
+            raise TokenizerError(f"--bos always, but {src} defines no BOS token and none could be "
+                                 f"inferred; name it with --bos-token")
         if cfg.eos == "always" and eos_id is None:
-            raise TokenizerError(f"--eos always, but {src} defines no eos_token")
+            raise TokenizerError(f"--eos always, but {src} defines no EOS token and none could be "
+                                 f"inferred; name it with --eos-token")
         probe_plain = self.tokenizer.encode("a", add_special_tokens=False).ids
         probe_special = self.tokenizer.encode("a", add_special_tokens=True).ids
         post_adds_bos = (bos_id is not None and len(probe_special) > len(probe_plain)
                          and probe_special[0] == bos_id)
-        wants_bos = bool(config.get("add_bos_token", False)) or post_adds_bos
-        template, template_source = self._template(cfg, folder, config if src.is_dir() else None)
+        wants_bos = bool(config.get("add_bos_token", False)) or post_adds_bos or (
+            cfg.bos_token is not None)
+        template, template_source = self._template(cfg, folder, config)
         self.spec = TokenizerSpec(
             file=str(tok_file.resolve()), sha256=hashlib.sha256(raw).hexdigest(),
             vocab_size=_vocab_size(self.tokenizer, self.config), bos_token=bos_token, eos_token=eos_token,
@@ -215,16 +229,45 @@ class TokenizerBundle:
             chat_template_source=template_source, source=str(src))
         self._renderer: ChatRenderer | None = None
 
+    def _special(self, role: str, given: str | None, config: dict[str, Any],
+                 special: dict[str, Any], candidates: tuple[str, ...]) -> tuple[str | None, int | None]:
+        """(token, id) of the BOS/EOS/pad token: ``--<role>-token``, else the folder's
+        configuration, else (BOS/EOS) the first well-known special token the file carries."""
+        tok = self.tokenizer
+        if given is not None:
+            if given.isdigit():
+                name = tok.id_to_token(int(given))
+                if name is None:
+                    raise TokenizerError(f"--{role}-token {given}: no such token id in this tokenizer")
+                return name, int(given)
+            tid = tok.token_to_id(given)
+            if tid is None:
+                raise TokenizerError(f"--{role}-token {given!r}: not a token of this tokenizer "
+                                     f"(pass its exact string or its id)")
+            return given, tid
+        name = _token_str(config.get(f"{role}_token")) or _token_str(special.get(f"{role}_token"))
+        if name and tok.token_to_id(name) is not None:
+            return name, tok.token_to_id(name)
+        if f"{role}_token" in config or f"{role}_token" in special or not candidates:
+            return None, None  # configured (a null included: "this model has none")
+        specials = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+        for name in candidates:
+            if name in specials:
+                self.notes.append(f"{role.upper()} token {name!r} (id {tok.token_to_id(name)}) "
+                                  f"inferred from the tokenizer's special tokens (no configuration "
+                                  f"names one); --{role}-token chooses another")
+                return name, tok.token_to_id(name)
+        return None, None
+
     @staticmethod
-    def _template(cfg: TokenizeConfig, folder: Path, config: dict[str, Any] | None
-                  ) -> tuple[str, str]:
+    def _template(cfg: TokenizeConfig, folder: Path, config: dict[str, Any]) -> tuple[str, str]:
         """(chat template, where it came from)."""
         if cfg.chat_template is not None:
             try:
                 return Path(cfg.chat_template).read_text(encoding="utf-8"), cfg.chat_template
             except OSError as e:
                 raise TokenizerError(f"--chat-template {cfg.chat_template}: {e.strerror}") from None
-        template = _chat_template_from(folder, config) if config is not None else None
+        template = _chat_template_from(folder, config)
         if template:
             return template, "tokenizer"
         return DEFAULT_CHAT_TEMPLATE, "default (ChatML)"
@@ -245,6 +288,7 @@ class TokenizerBundle:
         self.tokenizer = load_tokenizer(raw, Path(spec.file))
         self.json_bytes = raw
         self.spec = spec
+        self.notes = []
         self._renderer = None
         got = (_vocab_size(self.tokenizer, self.config),
                self.tokenizer.token_to_id(spec.bos_token) if spec.bos_token else None,
@@ -297,4 +341,15 @@ class TokenizerBundle:
             "add_bos": s.add_bos, "add_eos": s.add_eos, "eos_after_chat": s.eos_after_chat,
             "chat_template": s.chat_template_source,
             "chat_template_sha256": hashlib.sha256(s.chat_template.encode()).hexdigest(),
+            # what decides the ids: the file and every special-token and template choice made
+            "resolved_sha256": self.resolved_sha256(),
         }
+
+    def resolved_sha256(self) -> str:
+        """Hash of the file's bytes and every setting resolved from it or its folder (BOS/EOS/pad
+        and their policy, the chat template): two datasets with the same value were tokenized
+        alike."""
+        s = self.spec
+        blob = json.dumps([s.sha256, s.bos_id, s.eos_id, s.pad_id, s.add_bos, s.add_eos,
+                           s.eos_after_chat, s.special_in_text, s.chat_template], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastprep import PackConfig, PrepareConfig, ReadConfig, TokenizeConfig, open_dataset, prepare
+from fastprep.pipeline.quarantine import NothingKept
 from fastprep.stages.clean import CleanConfig, Cleaner
 from fastprep.stages.read import read_file
 
@@ -63,12 +64,16 @@ def test_random_lines_through_prepare(tmp_path_factory: pytest.TempPathFactory, 
                                       tokenizer, lines: list[bytes]) -> None:
     tmp = tmp_path_factory.mktemp("fuzz")
     (tmp / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    stats = prepare(PrepareConfig.of(read=ReadConfig(paths=(str(tmp / "in.jsonl"),)),
-                                  tokenize=TokenizeConfig(tokenizer=str(tokenizer_dir), bos="never",
-                                                          eos="never"),
-                                  out=str(tmp / "out"), pack=PackConfig(seq_len=32), workers=1,
-                                  progress=False))
+    cfg = PrepareConfig.of(read=ReadConfig(paths=(str(tmp / "in.jsonl"),)),
+                           tokenize=TokenizeConfig(tokenizer=str(tokenizer_dir), bos="never", eos="never"),
+                           out=str(tmp / "out"), pack=PackConfig(seq_len=32), workers=1, progress=False)
     good, records = expected_texts(lines)
+    if not good:  # nothing usable: no dataset, and the error says why
+        with pytest.raises(NothingKept, match="no dataset written"):
+            prepare(cfg)
+        assert not (tmp / "out" / "manifest.json").exists()
+        return
+    stats = prepare(cfg)
     c = stats.counts
     assert c["records_read"] == records
     assert c["records_read"] == c["records_kept"] + c["dropped_total"] + c["exact_duplicates"]

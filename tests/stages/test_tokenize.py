@@ -27,17 +27,41 @@ def split_docs(enc) -> list[tuple[list[int], list[int] | None]]:
     return out
 
 
-def test_model_folder_special_tokens_and_policy(tokenizer_dir: Path, tokenizer) -> None:
+def test_model_folder_special_tokens_and_policy(tmp_path: Path, tokenizer_dir: Path, tokenizer) -> None:
     b = bundle(tokenizer_dir)
     assert (b.bos_id, b.eos_id, b.pad_id) == (tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>"),
                                              tokenizer.token_to_id("<pad>"))
     assert b.add_bos and b.add_eos and not b.eos_after_chat
     assert b.chat_template_source == "tokenizer"
-    assert len(b.sha256) == 64
-    # a bare tokenizer.json has no special-token config: no BOS, no EOS, pad falls back to 0
-    bare = bundle(tokenizer_dir / "tokenizer.json")
-    assert (bare.bos_id, bare.eos_id, bare.pad_id, bare.add_bos, bare.add_eos) == (None, None, 0, False, False)
+    assert len(b.sha256) == 64 and not b.notes
+    # the folder's tokenizer.json reads the folder's configuration too: the same resolution
+    # (bug caught: the file alone gave no BOS/EOS and a dataset without end tokens, unseen,
+    # because both manifests carried the same file hash)
+    same = bundle(tokenizer_dir / "tokenizer.json")
+    assert same.describe() == {**b.describe(), "source": str(tokenizer_dir / "tokenizer.json")}
+    # a bare tokenizer.json (no configuration beside it): BOS/EOS inferred from its special
+    # tokens, and said; pad falls back to EOS
+    (tmp_path / "bare").mkdir()
+    shutil.copy(tokenizer_dir / "tokenizer.json", tmp_path / "bare" / "tokenizer.json")
+    bare = bundle(tmp_path / "bare" / "tokenizer.json")
+    assert (bare.bos_id, bare.eos_id, bare.pad_id) == (b.bos_id, b.eos_id, b.eos_id)
+    assert bare.add_eos and not bare.add_bos  # nothing says this model wants a BOS
+    assert any("EOS token '</s>'" in n and "--eos-token" in n for n in bare.notes)
     assert bare.chat_template_source == "default (ChatML)"
+    assert bare.resolved_sha256() != b.resolved_sha256()  # another pad id: another dataset
+
+
+def test_special_tokens_named_on_the_command_line(tmp_path: Path, tokenizer_dir: Path, tokenizer) -> None:
+    eos = tokenizer.token_to_id("<|im_end|>")
+    by_name = bundle(tokenizer_dir, eos_token="<|im_end|>", pad_token="<pad>")
+    by_id = bundle(tokenizer_dir, eos_token=str(eos), pad_token="0")
+    assert by_name.eos_id == by_id.eos_id == eos and by_name.eos_token == by_id.eos_token == "<|im_end|>"
+    assert by_name.pad_id == by_id.pad_id == 0
+    assert Encoder(by_name)([Doc(TEXT, 0, 1, text="alpha")]).ids.tolist()[-1] == eos
+    with pytest.raises(TokenizerError, match="--eos-token '<nope>': not a token"):
+        bundle(tokenizer_dir, eos_token="<nope>")
+    with pytest.raises(TokenizerError, match="--bos-token 99999: no such token id"):
+        bundle(tokenizer_dir, bos_token="99999")
 
 
 def test_text_docs_bos_eos_never_doubled(tokenizer_dir: Path, tokenizer) -> None:
@@ -75,8 +99,9 @@ def test_gpt2_style_bos_equals_eos_gets_only_separator(tmp_path: Path, tokenizer
     assert not b.add_bos and b.add_eos and b.pad_id == b.eos_id
     enc = Encoder(b)([Doc(TEXT, 0, 1, text="alpha")])
     assert enc.ids.tolist() == tokenizer.encode("alpha", add_special_tokens=False).ids + [b.eos_id]
-    with pytest.raises(TokenizerError, match="--bos always"):
-        (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    # a configuration that names no BOS: the special tokens do not decide for it either
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>", "bos_token": None}))
+    with pytest.raises(TokenizerError, match="--bos always.*--bos-token"):
         bundle(folder, bos="always")
 
 
