@@ -14,7 +14,10 @@ import os
 import sys
 from typing import Any
 
+from pathlib import Path
+
 from ._version import __version__
+from .dataset.format import QUARANTINE_FILE
 from .flags import add_options, from_args
 
 
@@ -58,15 +61,35 @@ def _fmt(n: Any) -> str:
     return f"{n:,}" if isinstance(n, int) else str(n)
 
 
+# what each counted repair is, in the summary's words (fastprep.stages.clean.REPAIRS + reader)
+REPAIR_NAMES = {"newlines": "CRLF/CR newlines", "control": "control characters",
+                "unicode": "Unicode normalisation", "strip": "outer whitespace",
+                "utf8": "invalid UTF-8 replaced", "bom": "byte-order mark"}
+
+
+def _listing(counts: dict[str, int], names: dict[str, str] | None = None) -> str:
+    """``a 3, b 1`` (largest first), or an empty string."""
+    names = names or {}
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{names.get(k, k)} {v:,}" for k, v in items if v)
+
+
 def summary_lines(counts: dict[str, Any], packing: dict[str, Any], seq_len: int,
-                  seconds: dict[str, float] | None) -> list[str]:
+                  seconds: dict[str, float] | None = None, out: str | None = None,
+                  this_run: dict[str, Any] | None = None) -> list[str]:
+    """The human summary of a run (``prepare``) or a dataset (``inspect``): counts by kind,
+    never Python reprs. ``this_run`` (prepare only) holds what this invocation processed
+    itself, for the throughput after a resume."""
+    shapes = _listing(counts.get("documents_by_shape", {}))
+    dropped = _listing(counts["dropped"])
+    where = f"  -> {Path(out) / QUARANTINE_FILE}" if out and counts["dropped_total"] else ""
     lines = [
         f"records read        {_fmt(counts['records_read'])}",
-        f"records kept        {_fmt(counts['records_kept'])}  {counts.get('documents_by_shape', {})}",
-        f"dropped             {_fmt(counts['dropped_total'])}  {counts['dropped'] or ''}",
+        f"records kept        {_fmt(counts['records_kept'])}" + (f"  ({shapes})" if shapes else ""),
+        f"dropped             {_fmt(counts['dropped_total'])}" + (f"  ({dropped}){where}" if dropped else ""),
         f"exact duplicates    {_fmt(counts['exact_duplicates'])}",
         f"near duplicates     {_fmt(counts['near_duplicates'])}",
-        f"repaired            {counts['repaired'] or 0}",
+        f"repaired            {_listing(counts['repaired'], REPAIR_NAMES) or 'none'}",
         f"tokens              {_fmt(counts['tokens'])}  (targets {_fmt(counts['target_tokens'])})",
         f"docs split / trunc. {_fmt(counts['documents_split'])} / {_fmt(counts['documents_truncated'])}",
         f"tokens dropped      {_fmt(counts['tokens_dropped'])}  ({100 * packing['dropped_token_share']:.2f}%)",
@@ -74,31 +97,39 @@ def summary_lines(counts: dict[str, Any], packing: dict[str, Any], seq_len: int,
         f"packing efficiency  {100 * packing['efficiency']:.2f}%",
     ]
     if seconds:
-        total = seconds.get("total", 0.0)
-        mb = counts.get("text_chars", 0) / 1e6
-        lines.append(f"time                {total:.2f} s  ({mb / max(total, 1e-9):.2f} MB/s of text, "
-                     f"{counts['tokens'] / max(total, 1e-9):,.0f} tokens/s)")
+        total = max(seconds.get("total", 0.0), 1e-9)
+        done = this_run or {}
+        nbytes = done.get("text_bytes", counts.get("text_bytes", 0))
+        tokens = done.get("tokens", counts["tokens"])
+        resumed = done.get("resumed_tasks", 0)
+        part = (f"; {resumed} of {done['tasks']} tasks resumed from an interrupted run, "
+                f"rates over the rest" if resumed else "")
+        lines.append(f"time                {total:.2f} s  ({nbytes / 1e6 / total:,.2f} MB/s of text, "
+                     f"{tokens / total:,.0f} tokens/s, {int(seconds.get('workers', 1))} "
+                     f"worker(s){part})")
     return lines
 
 
 def cmd_prepare(a: argparse.Namespace) -> int:
     from .pipeline.run import prepare
 
-    stats = prepare(config_from_args(a))
-    for note in stats.notes:
-        print(f"fastprep: {note}", file=sys.stderr)
+    cfg = config_from_args(a)
+    stats = prepare(cfg)
+    if not cfg.run.quiet:
+        for note in stats.notes:
+            print(f"fastprep: {note}", file=sys.stderr)
+    for warning in stats.warnings:
+        print(f"fastprep: warning: {warning}", file=sys.stderr)
     if a.json:
         print(json.dumps(stats.to_dict(), indent=2))
-    else:
+    elif not cfg.run.quiet:
         print("\n".join(summary_lines(stats.counts, stats.packing, stats.manifest.seq_len,
-                                      stats.seconds)))
+                                      stats.seconds, stats.out, stats.this_run)))
         print(f"dataset             {stats.out}")
     return 0
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import numpy as np
 
     from .dataset.format import open_dataset
@@ -116,7 +147,7 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     print(f"tokenizer           vocab {tok['vocab_size']:,}, bos {tok['bos_id']}, eos {tok['eos_id']}, "
           f"pad {tok['pad_id']}, sha256 {tok['sha256'][:12]}")
     if m.counts:
-        print("\n".join(summary_lines(m.counts, m.packing, m.seq_len, None)))
+        print("\n".join(summary_lines(m.counts, m.packing, m.seq_len)))
     if ds.rows == 0:
         print("(no rows)")
         return 0
@@ -235,6 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # InputError, TokenizerError, OutputError, StrictError, DatasetError, ...
         print(f"fastprep: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from .pipeline.executor import WorkerDied
+
+        if not isinstance(e, WorkerDied):
+            raise
+        print(f"fastprep: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

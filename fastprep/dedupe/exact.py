@@ -16,12 +16,18 @@ import numpy as np
 
 
 class ExactDeduper:
-    """Callable: ``keys (str) -> bool array``, True where the document is seen for the first time."""
+    """Callable: ``keys (str) -> bool array``, True where the document is seen for the first time.
 
-    def __init__(self, capacity: int = 1 << 16) -> None:
+    With ``track=True`` it also remembers each first occurrence's id (8 more bytes per slot,
+    for ``--dedupe-report``): :meth:`insert` given ids sets :attr:`matches`, the first
+    occurrence of every copy in the call."""
+
+    def __init__(self, capacity: int = 1 << 16, track: bool = False) -> None:
         cap = 1 << max(4, int(capacity - 1).bit_length())
         self._table = np.zeros((cap, 2), dtype=np.uint64)
         self._used = np.zeros(cap, dtype=np.uint8)
+        self._first = np.zeros(cap, dtype=np.int64) if track else None
+        self.matches = np.zeros(0, dtype=np.int64)
         self.count = 0
 
     @staticmethod
@@ -36,27 +42,41 @@ class ExactDeduper:
             return
         while need * 2 > cap:
             cap *= 2
-        old_keys = self._table[self._used.astype(np.bool_)]
+        was_used = self._used.astype(np.bool_)
+        old_keys = self._table[was_used]
         self._table = np.zeros((cap, 2), dtype=np.uint64)
         self._used = np.zeros(cap, dtype=np.uint8)
         from ..kernels.exact import insert_keys
 
         scratch = np.zeros(len(old_keys), dtype=np.bool_)
-        self.count = insert_keys(self._table, self._used, 0, old_keys, scratch)
+        slots = np.zeros(len(old_keys), dtype=np.int64)
+        self.count = insert_keys(self._table, self._used, 0, old_keys, scratch, slots)
+        if self._first is not None:  # the values move with their keys
+            first = np.zeros(cap, dtype=np.int64)
+            first[slots] = self._first[was_used]
+            self._first = first
 
     def __call__(self, keys: Sequence[str]) -> np.ndarray:
         return self.insert(self.digests(keys))
 
-    def insert(self, d: np.ndarray) -> np.ndarray:
-        """Insert digests ``[n, 2]`` (from :meth:`digests`) in order; True where first seen."""
+    def insert(self, d: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+        """Insert digests ``[n, 2]`` (from :meth:`digests`) in order; True where first seen.
+        With ``ids`` (a tracking deduper), :attr:`matches` becomes the id of the first
+        occurrence of each document that was not new, in order."""
         d = np.ascontiguousarray(d, dtype=np.uint64).reshape(-1, 2)
         self._grow(self.count + len(d))
         from ..kernels.exact import insert_keys  # numba only where the table lives (the parent)
 
         is_new = np.zeros(len(d), dtype=np.bool_)
-        self.count = insert_keys(self._table, self._used, self.count, d, is_new)
+        slots = np.zeros(len(d), dtype=np.int64)
+        self.count = insert_keys(self._table, self._used, self.count, d, is_new, slots)
+        if self._first is not None and ids is not None:
+            # new keys first: a copy later in the same call finds its original's id
+            self._first[slots[is_new]] = np.asarray(ids, dtype=np.int64)[is_new]
+            self.matches = self._first[slots[~is_new]]
         return is_new
 
     @property
     def nbytes(self) -> int:
-        return self._table.nbytes + self._used.nbytes
+        extra = self._first.nbytes if self._first is not None else 0
+        return self._table.nbytes + self._used.nbytes + extra

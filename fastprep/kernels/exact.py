@@ -15,10 +15,11 @@ from numba import njit
 
 @njit(cache=True, nogil=True)
 def insert_keys(table: np.ndarray, used: np.ndarray, count: int, keys: np.ndarray,
-                is_new: np.ndarray) -> int:
+                is_new: np.ndarray, slots: np.ndarray) -> int:
     """Insert ``keys`` [n, 2] in order; ``is_new[i]`` = key i was not present before (earlier keys of
-    the same call count as present). Returns the new element count. The caller guarantees room:
-    count + n <= capacity / 2."""
+    the same call count as present), ``slots[i]`` = the table slot that holds key i (where a
+    caller keeps a value per key: the first occurrence's document id). Returns the new element
+    count. The caller guarantees room: count + n <= capacity / 2."""
     mask = table.shape[0] - 1
     for i in range(keys.shape[0]):
         a = keys[i, 0]
@@ -31,9 +32,11 @@ def insert_keys(table: np.ndarray, used: np.ndarray, count: int, keys: np.ndarra
                 table[slot, 1] = b
                 count += 1
                 is_new[i] = True
+                slots[i] = slot
                 break
             if table[slot, 0] == a and table[slot, 1] == b:
                 is_new[i] = False
+                slots[i] = slot
                 break
             slot = (slot + 1) & mask
     return count

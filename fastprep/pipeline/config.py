@@ -84,15 +84,20 @@ class RunOptions:
         "auto", "MinHash decisions by one index in the driver (stream) or by a band shuffle "
         "verified in parallel (shuffle; Ray tasks under --executor ray); same result; auto = "
         "shuffle under Ray, else stream")
-    dedupe_report: str | None = option(None, "write a JSONL of removed near duplicates here "
-                                       "(--dedupe minhash)")
+    dedupe_report: str | None = option(None, "write a JSONL of the removed duplicates (exact and "
+                                       "near) here: where each is, what it matched, ids, excerpts")
+    id_field: str = option("id", "the record field --dedupe-report shows as a document's id")
     strict: bool = option(False, "stop at the first bad record with its file, line and fix")
     overwrite: bool = option(False, "replace an existing dataset (or discard an interrupted "
                              "run) in --out")
     resume: bool = option(False, "insist on resuming an interrupted run (automatic when the "
                           "recipe and inputs match)")
-    progress: bool | None = option(None, "show a progress line (default: when stderr is a "
+    progress: bool | None = option(None, "show a progress bar (default: when stderr is a "
                                    "terminal)")
+    quiet: bool = option(False, "no progress bar, notes or summary: only warnings and errors")
+    exceed_model_max: bool = option(
+        False, "allow --seq-len above the model's maximum (tokenizer_config.json / config.json), "
+        "e.g. for a context extension")
 
     def __post_init__(self) -> None:
         if not self.out:
@@ -132,8 +137,9 @@ class PrepareConfig:
     run: RunOptions
 
     def __post_init__(self) -> None:
-        if self.run.dedupe_report is not None and self.recipe.dedupe.minhash is None:
-            raise ValueError("--dedupe-report needs --dedupe minhash")
+        dedupe = self.recipe.dedupe
+        if self.run.dedupe_report is not None and not dedupe.exact and dedupe.minhash is None:
+            raise ValueError("--dedupe-report needs deduplication (--dedupe exact or minhash)")
 
     @classmethod
     def of(cls, **fields: Any) -> PrepareConfig:

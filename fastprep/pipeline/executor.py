@@ -14,7 +14,9 @@ same for local processes and Ray tasks.
   sees.
 
 Either way the caller consumes results strictly in task order, so deduplication, line numbers
-and output do not depend on the executor or its size.
+and output do not depend on the executor or its size. A task's failure is seen as soon as it
+happens, not when its turn comes: the later tasks (useless now) are cancelled or asked to stop
+(:class:`Hooks`), so ``--strict`` reports the first bad record once the tasks before it are done.
 
 Many cores: processes, not one big tokenizer pool, because each process has its own interpreter
 and Rust pool and shares nothing but the input files. The serial part is the driver, which
@@ -31,7 +33,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -92,6 +95,44 @@ def setup_worker(threads: int, parent: int | None = None) -> None:
     threading.Thread(target=watch, name="fastprep-parent-watch", daemon=True).start()
 
 
+class WorkerDied(RuntimeError):
+    """A local worker process ended without finishing its task (killed, crashed, or a script
+    without a ``__main__`` guard)."""
+
+
+def _main_without_guard() -> str | None:
+    """The main script's path when it has no ``if __name__ == "__main__":`` guard: spawned
+    workers re-import it, and its top-level call starts the run again in every one."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not str(path).endswith(".py"):
+        return None
+    try:
+        source = open(path, encoding="utf-8").read()
+    except OSError:
+        return None
+    return None if "__main__" in source else str(path)
+
+
+def _worker_died() -> WorkerDied:
+    script = _main_without_guard()
+    if script is not None:
+        return WorkerDied(f"worker processes could not start: {script} calls fastprep at its top "
+                          f"level without an `if __name__ == \"__main__\":` guard, and spawned "
+                          f"workers import it again; put the call under that guard")
+    return WorkerDied("a worker process died before finishing its task (killed by the system, "
+                      "e.g. out of memory, or crashed); finished tasks are kept: run the same "
+                      "command again to resume")
+
+
+def exit_if_importing_main() -> None:
+    """Called first by a run: in a worker that is still importing the parent's main script
+    (one without a ``__main__`` guard), exit quietly instead of starting a second run; the
+    parent reports it (:class:`WorkerDied`)."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise SystemExit(1)
+
+
 def runs_inline(opts: ExecutorOptions, n_todo: int) -> bool:
     """Whether the tasks run in this process (one local worker, or at most one task to run)."""
     return opts.kind == "local" and (opts.workers == 1 or n_todo <= 1)
@@ -118,6 +159,51 @@ def _init(threads: int, parent: int, warm: Callable[[], None] | None) -> None:
             pass
 
 
+@dataclass
+class Hooks:
+    """What the caller hears while tasks run: ``done(task)`` as each finishes (in any order:
+    progress), ``stop(k)`` when tasks after index ``k`` are no longer wanted (the tasks must
+    check for it themselves: a process pool cannot interrupt a running call)."""
+
+    done: Callable[[Any], None] = lambda task: None
+    stop: Callable[[int], None] = lambda index: None
+
+
+class _Watch:
+    """Completions of a pool's futures as they come: ``done`` for each success; on a failure
+    of task ``k``, the later tasks' futures are cancelled and ``stop(k)``."""
+
+    def __init__(self, futures: dict[int, Future[Any]], tasks: dict[int, Any], hooks: Hooks) -> None:
+        self.futures, self.tasks, self.hooks = futures, tasks, hooks
+        self.index = {f: i for i, f in futures.items()}
+        self.pending = set(futures.values())
+        self.failed: int | None = None
+
+    def until_done(self, index: int) -> None:
+        target = self.futures[index]
+        while not target.done() and self.pending:
+            finished, self.pending = wait(self.pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                self._seen(f)
+        self.pending.discard(target)
+        if target.done():
+            self._seen(target)
+
+    def _seen(self, f: Future[Any]) -> None:
+        i = self.index.pop(f, None)
+        if i is None or f.cancelled():
+            return
+        if f.exception() is None:
+            self.hooks.done(self.tasks[i])
+            return
+        if self.failed is None or i < self.failed:
+            self.failed = i
+            for j, g in self.futures.items():
+                if j > i:
+                    g.cancel()
+            self.hooks.stop(i)
+
+
 class Workers:
     """Local worker processes, started before the tasks are known so their start-up (the
     interpreter, imports, and ``warm``: loading the run's tokenizer) overlaps the driver's own
@@ -141,33 +227,54 @@ class Workers:
         for _ in range(self.opts.workers):  # spawn them now: a pool starts workers lazily
             self.pool.submit(int)
 
-    def run_in_order(self, fn: Callable[[Any], Any], tasks: list[Any],
-                     done: set[int]) -> Iterator[Any]:
+    def run_in_order(self, fn: Callable[[Any], Any], tasks: list[Any], done: set[int],
+                     hooks: Hooks | None = None, largest_first: bool = True) -> Iterator[Any]:
         """Run ``fn`` on every task not in ``done`` and yield every task in task order once
-        its result is saved (tasks in ``done`` at once: an interrupted run saved them)."""
-        if self.opts.kind == "ray":
-            return _ray(fn, tasks, done, self.opts)
-        return self._local(fn, tasks, done)
+        its result is saved (tasks in ``done`` at once: an interrupted run saved them).
 
-    def _local(self, fn: Callable[[Any], Any], tasks: list[Any], done: set[int]) -> Iterator[Any]:
+        The caller consumes in task order, so when task ``k`` fails every later task is
+        wasted work: those not started are cancelled at once and ``hooks.stop(k)`` asks the
+        running ones to stop, while the earlier ones still run (one of them may fail first
+        in input order). ``hooks.stop(-1)`` when the caller leaves early.
+
+        Tasks start largest first (the shortest tail), or in task order with
+        ``largest_first=False`` (``--strict``: the first bad record in input order is found
+        soonest)."""
+        hooks = hooks or Hooks()
+        order = _largest_first if largest_first else list
+        if self.opts.kind == "ray":
+            return _ray(fn, tasks, done, self.opts, hooks, order)
+        return self._local(fn, tasks, done, hooks, order)
+
+    def _local(self, fn: Callable[[Any], Any], tasks: list[Any], done: set[int],
+               hooks: Hooks, order: Callable[[list[Any]], list[Any]]) -> Iterator[Any]:
         todo = [t for t in tasks if t.index not in done]
         if runs_inline(self.opts, len(todo)):
             for t in tasks:
                 if t.index not in done:
                     fn(t)
+                    hooks.done(t)
                 yield t
             return
         self._start()
         assert self.pool is not None
-        futures = {t.index: self.pool.submit(_call, fn, t) for t in _largest_first(todo)}
+        futures: dict[int, Future[Any]] = {}
         try:
+            for t in order(todo):
+                futures[t.index] = self.pool.submit(_call, fn, t)
+            watch = _Watch(futures, {t.index: t for t in todo}, hooks)
             for t in tasks:
-                if t.index not in done:
-                    futures.pop(t.index).result()
+                if t.index in futures:
+                    watch.until_done(t.index)
+                    futures.pop(t.index).result()  # raises the task's error
                 yield t
+        except BrokenProcessPool:
+            raise _worker_died() from None
         finally:
-            for f in futures.values():
-                f.cancel()
+            if futures:
+                for f in futures.values():
+                    f.cancel()
+                hooks.stop(-1)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -186,8 +293,8 @@ def _ray_call(fn: Callable[[Any], Any], task: Any, threads: int) -> int:
     return _call(fn, task)
 
 
-def _ray(fn: Callable[[Any], Any], tasks: list[Any], done: set[int],
-         opts: ExecutorOptions) -> Iterator[Any]:
+def _ray(fn: Callable[[Any], Any], tasks: list[Any], done: set[int], opts: ExecutorOptions,
+         hooks: Hooks, order: Callable[[list[Any]], list[Any]]) -> Iterator[Any]:
     try:
         import ray
     except ImportError:
@@ -198,11 +305,34 @@ def _ray(fn: Callable[[Any], Any], tasks: list[Any], done: set[int],
     remote: Any = ray.remote(num_cpus=threads, max_retries=2,
                              runtime_env={"env_vars": worker_env(threads)})(_ray_call)
     fn_ref = ray.put(fn)
-    refs = {t.index: remote.remote(fn_ref, t, threads)
-            for t in _largest_first([t for t in tasks if t.index not in done])}
+    by_index = {t.index: t for t in tasks if t.index not in done}
+    refs = {t.index: remote.remote(fn_ref, t, threads) for t in order(list(by_index.values()))}
+    index = {ref: i for i, ref in refs.items()}
+    failed: int | None = None
+
+    def seen(ref: Any) -> None:
+        nonlocal failed
+        i = index.pop(ref)
+        try:
+            ray.get(ref)
+        except ray.exceptions.TaskCancelledError:
+            return
+        except Exception:  # noqa: BLE001 - raised again when the caller reaches task i
+            if failed is None or i < failed:
+                failed = i
+                for j, later in refs.items():
+                    if j > i:
+                        ray.cancel(later)
+                hooks.stop(i)
+            return
+        hooks.done(by_index[i])
+
     try:
         for t in tasks:
             if t.index in refs:
+                while refs[t.index] in index:  # not seen yet: take completions as they come
+                    ready, _ = ray.wait(list(index), num_returns=1)
+                    seen(ready[0])
                 try:
                     ray.get(refs.pop(t.index))
                 except ray.exceptions.RayTaskError as e:
@@ -210,12 +340,7 @@ def _ray(fn: Callable[[Any], Any], tasks: list[Any], done: set[int],
                     raise (cause if isinstance(cause, Exception) else e) from None
             yield t
     finally:
-        for ref in refs.values():
-            ray.cancel(ref)
-
-
-def run_in_order(fn: Callable[[Any], Any], tasks: list[Any], done: set[int],
-                 opts: ExecutorOptions) -> Iterator[Any]:
-    """:meth:`Workers.run_in_order` with workers started for this call alone."""
-    with Workers(opts) as workers:
-        yield from workers.run_in_order(fn, tasks, done)
+        if refs:
+            for ref in refs.values():
+                ray.cancel(ref)
+            hooks.stop(-1)

@@ -6,9 +6,9 @@ the signatures the workers computed: the streaming index here, or a band shuffle
 the last task), and appends the task's tokens to the run's spill. Only small per-document
 arrays are held (lengths in the spill; the dedupe indexes until packing starts).
 
-Documents are identified across the run by ``doc_id(file, line)``: the input file's index in
-the upper bits and the line (or row) in the lower 40, so ids increase in input order, which is
-what MinHash's keep-first needs.
+Documents are identified across the run by :func:`fastprep.pipeline.report.doc_id`: the input
+file's index in the upper bits and the line (or row) in the lower 40, so ids increase in input
+order, which is what MinHash's keep-first needs.
 """
 
 from __future__ import annotations
@@ -17,42 +17,19 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
-import orjson
 
 from ..dedupe.exact import ExactDeduper
-from ..dedupe.minhash import MinHashConfig, MinHashResult
-from ..io import AtomicFile
+from ..dedupe.minhash import MinHashConfig
 from ..stages.records import KIND_NAMES
 from .config import PrepareConfig
 from .executor import available_cores
 from .quarantine import Quarantine
+from .report import DedupeReport, doc_id
 from .spill import RunSpill
-from .tasks import TaskResult
-
-_LINE_BITS = 40
-
-
-def doc_id(file: int | np.ndarray, line: int | np.ndarray) -> np.ndarray:
-    """Run-wide document ids, increasing in input order: ``file << 40 | line``."""
-    return (np.asarray(file, dtype=np.int64) << np.int64(_LINE_BITS)) | np.asarray(line, dtype=np.int64)
-
-
-def split_doc_id(d: int) -> tuple[int, int]:
-    """(file index, line) of a :func:`doc_id`."""
-    return d >> _LINE_BITS, d & ((1 << _LINE_BITS) - 1)
-
-
-def _report(f: IO[bytes] | AtomicFile, files: list[str], doc_ids: np.ndarray, mh: MinHashResult) -> None:
-    """One JSONL line per removed near duplicate: where it is, what it matched, how similar."""
-    for i in np.flatnonzero(~mh.keep):
-        (fi, line), (fm, mline) = split_doc_id(int(doc_ids[i])), split_doc_id(int(mh.match[i]))
-        f.write(orjson.dumps({"source": files[fi], "line": line, "matched_source": files[fm],
-                              "matched_line": mline,
-                              "similarity": round(float(mh.similarity[i]), 4)}) + b"\n")
-
+from .tasks import TaskResult, task_docs
 
 @dataclass(frozen=True)
 class Removed:
@@ -98,7 +75,7 @@ class NearShuffle:
                            ("targets", res.targets[idx])):
             self._parts[key].append(value)
 
-    def resolve(self, report: AtomicFile | None, files: list[str]) -> Removed:
+    def resolve(self, report: DedupeReport | None) -> Removed:
         from ..dedupe.shuffle import FileStore, local_shuffle_dedupe, partition_files, ray_shuffle_dedupe
 
         def cat(key: str, dtype: Any) -> np.ndarray:
@@ -116,9 +93,9 @@ class NearShuffle:
         self.stats.update(candidate_pairs=removals.candidates, verified_pairs=removals.verified,
                           files_bytes=sum(p.stat().st_size for p in self.dir.rglob("*") if p.is_file()))
         res = removals.result(ids)
-        if report is not None:
-            _report(report, files, ids, res)
         gone = ~res.keep
+        if report is not None:
+            report.add("near", ids[gone], res.match[gone], res.similarity[gone])
         return Removed(cat("pos", np.int64)[gone], cat("kinds", np.uint8)[gone],
                        cat("targets", np.int64)[gone])
 
@@ -129,12 +106,14 @@ class Merger:
 
     def __init__(self, cfg: PrepareConfig, files: list[str], work: Path, quarantine: Quarantine,
                  spill: RunSpill) -> None:
-        self.files, self.quarantine, self.spill = files, quarantine, spill
+        self.files, self.quarantine, self.spill, self.work = files, quarantine, spill, work
         dedupe = cfg.recipe.dedupe
-        self.exact = ExactDeduper() if dedupe.exact else None
+        self.report = (DedupeReport(cfg.run.dedupe_report, files)
+                       if cfg.run.dedupe_report else None)
+        # a report names each exact copy's first occurrence: the table keeps its id
+        self.exact = ExactDeduper(track=self.report is not None) if dedupe.exact else None
         self.minhash: Any = None
         self.shuffle: NearShuffle | None = None
-        self.report: AtomicFile | None = None
         if dedupe.minhash is not None:
             from ..dedupe.minhash import MinHashDeduper
 
@@ -148,8 +127,6 @@ class Merger:
                 # a few partitions per parallel slot, so a slow partition does not hold up the end
                 self.shuffle = NearShuffle(dedupe.minhash, work, max(2, 4 * workers),
                                            cfg.run.executor == "ray", cfg.run.ray_cpus_per_task)
-            if cfg.run.dedupe_report:
-                self.report = AtomicFile(cfg.run.dedupe_report)
         self.counts: Counter[str] = Counter()
         self.seconds: Counter[str] = Counter()
         self.kinds = np.zeros(len(KIND_NAMES), np.int64)
@@ -166,7 +143,8 @@ class Merger:
             self.quarantine.add(f, off + line, reason, detail, excerpt)
         c = res.counts
         self.counts.update(records_read=c.records_read, blank_lines=c.blank_lines,
-                           exact_duplicates=c.exact_duplicates, text_chars=c.text_chars)
+                           exact_duplicates=c.exact_duplicates, text_chars=c.text_chars,
+                           text_bytes=c.text_bytes)
         self.counts.update({f"repaired_{k}": v for k, v in c.repaired.items()})
         self.seconds.update(res.seconds)
         self.spot.update(res.checks.get("spot_checks", {}))
@@ -175,14 +153,28 @@ class Merger:
             self.reruns.append({"source": self.files[f], "line": off + rerun["line"],
                                 "backend": rerun["backend"]})
         keep = np.ones(len(res.lengths), dtype=np.bool_)
+        ids = doc_id(f, off + res.lines)
+        if self.report is not None:
+            self._report_task(res, off)
         if self.exact is not None and res.digests is not None:
-            keep &= self.exact.insert(res.digests)
+            keep &= self.exact.insert(res.digests, ids if self.report is not None else None)
             self.counts["exact_duplicates"] += int(len(keep) - keep.sum())
+            if self.report is not None:
+                self.report.add("exact", ids[~keep], self.exact.matches, 1.0)
         if res.signatures is not None and keep.any():
-            self._near(res, keep, doc_id(f, off + res.lines))
+            self._near(res, keep, ids)
         self.kinds += np.bincount(res.kinds[keep], minlength=len(KIND_NAMES))
         self.target_tokens += int(res.targets[keep].sum())
         self.spill.append_task(res.lengths, keep, res.ids_path, res.mask_path)
+
+    def _report_task(self, res: TaskResult, off: int) -> None:
+        """The task's documents for the report, and its in-task exact copies."""
+        assert self.report is not None
+        f = res.task.file
+        self.report.task(f, off, task_docs(self.work, res.task))
+        if res.dups:
+            pairs = np.asarray(res.dups, dtype=np.int64)
+            self.report.add("exact", doc_id(f, off + pairs[:, 0]), doc_id(f, off + pairs[:, 1]), 1.0)
 
     def _near(self, res: TaskResult, keep: np.ndarray, ids: np.ndarray) -> None:
         from ..dedupe.minhash import take_sets
@@ -199,13 +191,14 @@ class Merger:
         keep[idx] = mh.keep
         self.counts["near_duplicates"] += int(len(idx) - mh.keep.sum())
         if self.report is not None:
-            _report(self.report, self.files, doc_ids, mh)
+            gone = ~mh.keep
+            self.report.add("near", doc_ids[gone], mh.match[gone], mh.similarity[gone])
 
     def finish(self) -> None:
         """Resolve the band shuffle (if any) after the last task."""
         if self.shuffle is None:
             return
-        removed = self.shuffle.resolve(self.report, self.files)
+        removed = self.shuffle.resolve(self.report)
         self.spill.drop(removed.positions)
         self.counts["near_duplicates"] += len(removed.positions)
         self.kinds -= np.bincount(removed.kinds, minlength=len(KIND_NAMES))
@@ -242,6 +235,7 @@ class Merger:
         self.exact = self.minhash = self.shuffle = None
 
     def close_report(self, ok: bool) -> None:
+        """Write the report (it reads the tasks' document files: before the work folder goes)."""
         if self.report is not None:
             self.report.commit() if ok else self.report.discard()
             self.report = None

@@ -96,8 +96,10 @@ class Quarantine:
         if not reason:
             return f"all {records:,} records were dropped"
         where = f"; see {self.path}" if self.path is not None and self._f is not None else ""
+        detail = self.first[reason]
+        fix = "" if "--" in detail else f". Fix: {FIXES.get(reason, 'fix the records')}"
         return (f"no record became a document: {n:,} of {records:,} were {reason} (first: "
-                f"{self.first[reason]}). Fix: {FIXES.get(reason, 'fix the records')}{where}")
+                f"{detail}){fix}{where}")
 
     def close(self) -> None:
         """Publish the file (only when something was quarantined)."""

@@ -40,7 +40,7 @@ from ..dataset.format import (QUARANTINE_FILE, TOKENIZER_FILE, WORK_DIR, Manifes
                               segment_dtype)
 from ..dataset.write import ShardWriter
 from ..io import atomic_write_bytes
-from ..stages.pack import PackPlan, plan
+from ..stages.pack import PackConfig, PackPlan, plan
 from ..stages.read import expand_paths, file_sizes
 from ..stages.chat import TemplateError
 from ..stages.records import CHAT, KIND_NAMES
@@ -49,14 +49,15 @@ from ..stages.backends import BackendError, support
 from . import outdir
 from .backend import BackendChoice, choose, first_documents, preload_backend
 from .config import PrepareConfig
-from .executor import ExecutorOptions, Workers, available_cores, runs_inline
+from .executor import (ExecutorOptions, Hooks, Workers, available_cores, exit_if_importing_main,
+                       runs_inline)
 from .merge import Merger
 from .progress import Progress
 from .quarantine import NothingKept, Quarantine
 from .rows import row_blocks, warm_kernels
 from .spill import RunSpill
-from .tasks import (BackendMismatch, Task, TaskResult, TaskSpec, TaskStrictError, load_result,
-                    plan_tasks, preload, run_task)
+from .tasks import (BackendMismatch, Task, TaskResult, TaskSpec, TaskStrictError, clear_stop,
+                    load_result, plan_tasks, preload, run_task, stop_tasks_after)
 
 
 @dataclass
@@ -69,13 +70,18 @@ class PrepareStats:
     seconds: dict[str, float]
     manifest: Manifest
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # printed even with --quiet
+    # what this invocation processed itself (a resumed run reuses saved tasks): tasks,
+    # resumed_tasks, text_bytes, tokens
+    this_run: dict[str, int] = field(default_factory=dict)
     # MinHash method and its costs: "stream" (index_bytes, bytes_per_doc, sets_file_bytes) or
     # "shuffle" (partitions, candidate_pairs, verified_pairs, files_bytes); empty without MinHash
     near_dedupe: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": self.out, "counts": self.counts, "packing": self.packing, "seconds": self.seconds,
-                "near_dedupe": self.near_dedupe, "notes": self.notes}
+                "near_dedupe": self.near_dedupe, "notes": self.notes, "warnings": self.warnings,
+                "this_run": self.this_run}
 
 
 @dataclass
@@ -92,6 +98,7 @@ class _Run:
     notes: list[str]
     backend: BackendChoice
     warm: threading.Thread | None = None  # loading the driver's numba kernels
+    this_run: dict[str, int] = field(default_factory=dict)
 
     @property
     def ids_dt(self) -> np.dtype:
@@ -108,7 +115,8 @@ class _Run:
                         minhash=r.dedupe.minhash, tokenizer=self.bundle.spec,
                         batch_bytes=run.batch_bytes, strict=run.strict, backend=self.backend.name,
                         backend_explicit=run.tokenizer_backend != "auto",
-                        spot_check=run.spot_check)
+                        spot_check=run.spot_check,
+                        report_id_field=run.id_field if run.dedupe_report else None)
 
 
 def _warm_args(cfg: PrepareConfig, bundle: TokenizerBundle) -> tuple[Any, ...]:
@@ -137,6 +145,12 @@ def _inputs(cfg: PrepareConfig) -> tuple[list[str], TokenizerBundle]:
     bundle = TokenizerBundle(recipe.tokenize)
     if recipe.records.shape == "chat":
         bundle.renderer  # compile the chat template now: a broken one is a config error
+    L, limit = recipe.pack.seq_len, bundle.max_length
+    if limit is not None and L > limit and not cfg.run.exceed_model_max:
+        # rows longer than the model's positions cannot be trained on as they are
+        raise TokenizerError(f"--seq-len {L:,} is longer than the model's maximum of {limit:,} "
+                             f"tokens ({bundle.max_length_source}); pass --seq-len {limit} or "
+                             f"less, or --exceed-model-max for a context extension")
     return files, bundle
 
 
@@ -218,7 +232,8 @@ def _merge_tasks(run: _Run, pool: Workers, merger: Merger, quarantine: Quarantin
                  progress: Progress) -> None:
     """Run every task (reusing those an interrupted run saved) and merge them in task order."""
     itemsize = run.ids_dt.itemsize
-    done = {t.index for t in run.tasks if load_result(t, run.work, itemsize) is not None}
+    report = run.cfg.run.dedupe_report is not None
+    done = {t.index for t in run.tasks if load_result(t, run.work, itemsize, report) is not None}
     if done:
         run.notes.append(f"resumed an interrupted run: {len(done)} of {len(run.tasks)} tasks were "
                          f"already done")
@@ -227,10 +242,22 @@ def _merge_tasks(run: _Run, pool: Workers, merger: Merger, quarantine: Quarantin
     elif run.cfg.recipe.dedupe.minhash is not None and runs_inline(pool.opts, len(run.tasks) - len(done)):
         run.warm.join()  # inline MinHash tasks launch parallel kernels: one thread at a time
     fn = functools.partial(run_task, spec=run.task_spec(), work=str(run.work))
+    clear_stop(run.work)  # an interrupted run may have left one
+    progress.reading(sum(t.size for t in run.tasks), sum(t.size for t in run.tasks if t.index in done))
+    # a failed task stops the later ones at once: --strict reports without waiting for them
+    hooks = Hooks(done=progress.task_done, stop=functools.partial(stop_tasks_after, run.work))
     try:
-        for task in pool.run_in_order(fn, run.tasks, done):
-            merger.add(_load(task, run.work, itemsize))
-            progress.update(merger.counts["records_read"], merger.counts["text_chars"],
+        fresh = {"tasks": len(run.tasks), "resumed_tasks": len(done), "text_bytes": 0, "tokens": 0}
+        run.this_run = fresh
+        # --strict: tasks start in input order, so the first bad record is found soonest
+        for task in pool.run_in_order(fn, run.tasks, done, hooks,
+                                      largest_first=not run.cfg.run.strict):
+            res = _load(task, run.work, itemsize, report)
+            merger.add(res)
+            if task.index not in done:
+                fresh["text_bytes"] += res.counts.text_bytes
+                fresh["tokens"] += int(res.lengths.sum())
+            progress.merged(merger.counts["records_read"], merger.counts["text_bytes"],
                             merger.spill.tokens)
     except TaskStrictError as e:
         t = run.tasks[e.task]
@@ -249,13 +276,15 @@ def _merge_tasks(run: _Run, pool: Workers, merger: Merger, quarantine: Quarantin
         run.notes.append(f"{len(merger.reruns)} task(s) re-tokenized with tokenizers after a "
                          f"{r['backend']} spot check disagreed (first at {r['source']}:{r['line']})")
     t = time.perf_counter()
+    if merger.shuffle is not None:
+        progress.stage("near duplicates (band shuffle)")
     merger.finish()
     if merger.shuffle is not None:
         merger.seconds["minhash_shuffle"] = time.perf_counter() - t
 
 
-def _load(task: Task, work: Path, itemsize: int) -> TaskResult:
-    r = load_result(task, work, itemsize)
+def _load(task: Task, work: Path, itemsize: int, report: bool) -> TaskResult:
+    r = load_result(task, work, itemsize, report)
     if r is None:
         raise RuntimeError(f"the saved result of task {task.index} ({task.path}) is missing "
                            f"or inconsistent in {work}; was the folder changed during the run?")
@@ -263,7 +292,7 @@ def _load(task: Task, work: Path, itemsize: int) -> TaskResult:
 
 
 def _write(run: _Run, spill: RunSpill, writer: ShardWriter, block: int,
-           seconds: dict[str, float]) -> PackPlan:
+           seconds: dict[str, float], progress: Progress) -> PackPlan:
     """Plan the packing over the spill's lengths and write every row into shards."""
     t = time.perf_counter()
     lengths, planned = spill.finish()
@@ -273,6 +302,7 @@ def _write(run: _Run, spill: RunSpill, writer: ShardWriter, block: int,
     packing = plan(planned, run.cfg.recipe.pack)  # removed duplicates have length 0: no piece
     del planned
     seconds["pack"] = time.perf_counter() - t
+    progress.stage("write", packing.n_rows, "rows")
     # Two row buffers: one block is hashed and written (both release the GIL) while the next
     # is read from the spill and filled.
     with ThreadPoolExecutor(1, thread_name_prefix="fastprep-write") as pool:
@@ -282,6 +312,7 @@ def _write(run: _Run, spill: RunSpill, writer: ShardWriter, block: int,
             if pending is not None:
                 pending.result()
             pending = pool.submit(writer.add, rows)
+            progress.advance(len(rows["input_ids"]))
         if pending is not None:
             pending.result()
     return packing
@@ -299,6 +330,7 @@ def _counts(merger: Merger, quarantine: Quarantine, packing: PackPlan) -> dict[s
         "repaired": {k[len("repaired_"):]: v for k, v in sorted(c.items()) if k.startswith("repaired_")},
         "documents_by_shape": {n: int(k) for n, k in zip(KIND_NAMES, merger.kinds) if k},
         **packing.counts(), "target_tokens": merger.target_tokens, "text_chars": c["text_chars"],
+        "text_bytes": c["text_bytes"],
     }
 
 
@@ -322,6 +354,19 @@ def _publish(run: _Run, merger: Merger, quarantine: Quarantine, writer: ShardWri
                          dedupe=dedupe_out)
 
 
+def _warnings(counts: dict[str, Any], packing: PackPlan, pack: PackConfig) -> list[str]:
+    """What the user should look at although the dataset is valid."""
+    out = []
+    if packing.n_rows and packing.efficiency < 0.5:
+        mean = packing.tokens_kept / max(counts["records_kept"], 1)
+        fix = ("--pack bfd packs several documents per row" if pack.mode == "pad"
+               else "a smaller --seq-len wastes less compute")
+        out.append(f"packing efficiency is {100 * packing.efficiency:.1f}%: most of every row is "
+                   f"padding (documents average {mean:,.0f} tokens, rows hold {pack.seq_len:,}); "
+                   f"{fix}")
+    return out
+
+
 def _shard_rows(run: _Run) -> int:
     L = run.cfg.recipe.pack.seq_len
     return run.cfg.recipe.shard_rows or max(1, (256 << 20) // (L * run.ids_dt.itemsize))
@@ -334,6 +379,7 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
     one-line message for unusable inputs or configuration, ``OSError`` for disk failures; no
     manifest is written unless the run completes, so a failed run never looks finished.
     """
+    exit_if_importing_main()
     t_start = time.perf_counter()
     files, bundle = _inputs(cfg)
     with _workers(cfg, files, bundle) as pool:
@@ -353,7 +399,7 @@ def _execute(run: _Run, pool: Workers, t_start: float) -> PrepareStats:
     cfg = run.cfg
     L = cfg.recipe.pack.seq_len
     quarantine = Quarantine(run.out / QUARANTINE_FILE, run.files, cfg.run.strict)
-    progress = Progress(cfg.run.progress)
+    progress = Progress(False if cfg.run.quiet else cfg.run.progress)
     spill = RunSpill()
     merger = Merger(cfg, run.files, run.work, quarantine, spill)
     writer: ShardWriter | None = None
@@ -368,7 +414,7 @@ def _execute(run: _Run, pool: Workers, t_start: float) -> PrepareStats:
             raise NothingKept(f"no dataset written: {why}")
         dedupe_out, near_out = merger.dedupe_record(cfg)
         merger.release_indexes()
-        progress.message("packing and writing shards")
+        progress.stage("pack")
         t = time.perf_counter()
         shard_rows = _shard_rows(run)
         dtypes = {"input_ids": run.ids_dt, "segment_ids": run.seg_dt}
@@ -376,7 +422,8 @@ def _execute(run: _Run, pool: Workers, t_start: float) -> PrepareStats:
             dtypes["loss_mask"] = np.dtype(np.uint8)
         writer = ShardWriter(run.out, L, dtypes, shard_rows)
         # ~4M tokens per block (2,048 rows at L = 2048), at most one shard
-        packing = _write(run, spill, writer, max(1, min(shard_rows, (4 << 20) // L)), seconds)
+        packing = _write(run, spill, writer, max(1, min(shard_rows, (4 << 20) // L)), seconds,
+                         progress)
         spill.close()
         manifest = _publish(run, merger, quarantine, writer, packing, dedupe_out)
         seconds.update(merger.seconds)
@@ -387,7 +434,8 @@ def _execute(run: _Run, pool: Workers, t_start: float) -> PrepareStats:
         shutil.rmtree(run.work, ignore_errors=True)
         return PrepareStats(out=str(run.out), counts=manifest.counts, packing=manifest.packing,
                             seconds={k: round(v, 3) for k, v in seconds.items()},
-                            manifest=manifest, notes=run.notes, near_dedupe=near_out)
+                            manifest=manifest, notes=run.notes, near_dedupe=near_out,
+                            warnings=_warnings(manifest.counts, packing, cfg.recipe.pack), this_run=run.this_run)
     except BaseException as e:
         progress.close()
         quarantine.abort()

@@ -83,10 +83,48 @@ class TaskSpec:
     backend: str = "hf"          # the backend the driver chose (pipeline/backend.py)
     backend_explicit: bool = False  # asked for by name: a spot-check mismatch is an error
     spot_check: float = 0.0      # share of documents re-encoded with tokenizers
+    report_id_field: str | None = None  # --dedupe-report: save each document's id and excerpt
 
     @property
     def ids_dtype(self) -> np.dtype:
         return ids_dtype(self.tokenizer.vocab_size)
+
+
+class TaskStopped(RuntimeError):
+    """The driver no longer wants this task: an earlier one failed (:func:`stop_tasks_after`)."""
+
+
+STOP_FILE = "stop"
+
+
+def stop_tasks_after(work: str | Path, index: int) -> None:
+    """Ask every running task with an index above ``index`` to stop (-1: all of them). A file
+    in the work folder, so workers on every node see it; the lowest index asked for wins."""
+    path = Path(work) / STOP_FILE
+    current = _stop_index(path)
+    if current is None or index < current:
+        with AtomicFile(path) as f:
+            f.write(str(index).encode())
+
+
+def clear_stop(work: str | Path) -> None:
+    (Path(work) / STOP_FILE).unlink(missing_ok=True)
+
+
+def _stop_index(path: Path) -> int | None:
+    try:
+        return int(path.read_bytes())
+    except (FileNotFoundError, ValueError):  # absent, or (never) half-written
+        return None
+
+
+def _check_stop(work: str, task: Task) -> None:
+    """Between batches: one ``stat`` when no stop was asked for."""
+    path = Path(work) / STOP_FILE
+    if os.path.exists(path):
+        index = _stop_index(path)
+        if index is not None and index < task.index:
+            raise TaskStopped(f"task {task.index} stopped: task {index} failed")
 
 
 class TaskStrictError(ValueError):
@@ -106,17 +144,18 @@ class TaskCounts:
     exact_duplicates: int = 0  # copies of an earlier document of the same task
     repaired: Counter[str] = field(default_factory=Counter)  # by kind: utf8 and clean.REPAIRS
     text_chars: int = 0        # characters of the documents that reached tokenization
+    text_bytes: int = 0        # their UTF-8 bytes (what MB/s figures count)
 
     def to_json(self) -> dict[str, Any]:
         return {"records_read": self.records_read, "blank_lines": self.blank_lines,
                 "exact_duplicates": self.exact_duplicates, "repaired": dict(self.repaired),
-                "text_chars": self.text_chars}
+                "text_chars": self.text_chars, "text_bytes": self.text_bytes}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TaskCounts:
         return cls(records_read=d["records_read"], blank_lines=d["blank_lines"],
                    exact_duplicates=d["exact_duplicates"], repaired=Counter(d["repaired"]),
-                   text_chars=d["text_chars"])
+                   text_chars=d["text_chars"], text_bytes=d["text_bytes"])
 
 
 @dataclass
@@ -137,6 +176,9 @@ class TaskResult:
     mask_path: str | None                 # None when every document is plain text
     seconds: dict[str, float] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)  # backend, spot checks, a rerun
+    # --dedupe-report only: (local line, local line of the first occurrence) of each in-task
+    # exact copy; the documents' ids and excerpts are in task_docs()
+    dups: list[tuple[int, int]] | None = None
 
 
 # ---- the stages of one task ---------------------------------------------------------------
@@ -249,21 +291,43 @@ def _raws(task: Task, cfg: ReadConfig) -> Iterator[Raw]:
     return read_file(task.path, task.file, cfg)
 
 
-def _doc_chars(doc: Doc) -> int:
+def _doc_texts(doc: Doc) -> list[str]:
     if doc.kind == 0:
-        return len(doc.text)
+        return [doc.text]
     if doc.kind == 1:
-        return len(doc.prompt) + len(doc.completion)
-    return sum(len(c) for _, c in doc.messages)
+        return [doc.prompt, doc.completion]
+    return [c for _, c in doc.messages]
+
+
+def _utf8_len(s: str) -> int:
+    # isascii() reads a flag of the string object: ASCII text costs no encode
+    return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
+
+
+class _DocInfo:
+    """--dedupe-report: each document's id field and a short excerpt, by local line."""
+
+    def __init__(self, id_field: str) -> None:
+        self.id_field = id_field
+        self.rows: list[list[Any]] = []
+
+    def add(self, raw: Raw, texts: list[str]) -> None:
+        rid = raw.value.get(self.id_field) if isinstance(raw.value, dict) else None
+        if rid is not None and not isinstance(rid, (str, int, float, bool)):
+            rid = orjson.dumps(rid, default=str).decode()
+        text = " ".join(" ".join(texts)[:400].split())  # whitespace runs shown as one space
+        self.rows.append([raw.line, rid, text[:120] + ("..." if len(text) > 120 else "")])
 
 
 def _documents(raws: Iterable[Raw], st: dict[str, Any], counts: TaskCounts,
-               bad: _BadRecords) -> Iterator[Doc]:
+               bad: _BadRecords, info: _DocInfo | None = None) -> Iterator[Doc]:
     """read -> map -> clean: the documents of the raw records, bad ones quarantined."""
     from ..stages.records import RecordError
 
     mapper, cleaner = st["mapper"], st["cleaner"]
     for raw in raws:
+        if raw.repaired:  # a repair while reading counts even when the record is then bad
+            counts.repaired.update(raw.repaired)
         if raw.bad is not None:
             if raw.bad.reason == "blank_line":
                 counts.blank_lines += 1
@@ -272,8 +336,6 @@ def _documents(raws: Iterable[Raw], st: dict[str, Any], counts: TaskCounts,
                 bad.add(raw.line, raw.bad.reason, raw.bad.detail, raw.bad.excerpt)
             continue
         counts.records_read += 1
-        if raw.repaired:
-            counts.repaired[raw.repaired] += 1
         try:
             doc = mapper(raw.value, raw.file, raw.line)
             for kind in cleaner(doc):
@@ -281,8 +343,12 @@ def _documents(raws: Iterable[Raw], st: dict[str, Any], counts: TaskCounts,
         except RecordError as e:
             bad.add(raw.line, e.reason, e.detail, raw.value)
             continue
-        doc.chars = _doc_chars(doc)
+        texts = _doc_texts(doc)
+        doc.chars = sum(map(len, texts))
         counts.text_chars += doc.chars
+        counts.text_bytes += sum(map(_utf8_len, texts))
+        if info is not None:
+            info.add(raw, texts)
         yield doc
 
 
@@ -306,7 +372,8 @@ class _InTaskDedupe:
     first occurrences whatever the task boundaries."""
 
     def __init__(self) -> None:
-        self.seen: set[bytes] = set()  # 16-byte digests (+ ~60 B of set overhead each)
+        self.seen: dict[bytes, int] = {}  # 16-byte digest -> line of its first occurrence
+        self.dups: list[tuple[int, int]] = []  # (line, line of the first occurrence)
 
     def __call__(self, docs: list[Doc], counts: TaskCounts) -> tuple[list[Doc], np.ndarray]:
         from ..dedupe.exact import ExactDeduper
@@ -314,11 +381,12 @@ class _InTaskDedupe:
 
         d = ExactDeduper.digests([dedupe_key(doc) for doc in docs])
         first = np.ones(len(docs), dtype=np.bool_)
+        seen = self.seen
         for i, key in enumerate(map(bytes, d)):
-            if key in self.seen:
+            line = seen.setdefault(key, docs[i].line)
+            if line != docs[i].line:
                 first[i] = False
-            else:
-                self.seen.add(key)
+                self.dups.append((docs[i].line, line))
         if first.all():
             return docs, d
         counts.exact_duplicates += int(len(docs) - first.sum())
@@ -387,11 +455,15 @@ class _TaskOutput:
         self.parts["digests"].append(digests)
 
     def finish(self, n_lines: int, bad: _BadRecords, counts: TaskCounts,
-               seconds: dict[str, float]) -> TaskResult:
+               seconds: dict[str, float], info: _DocInfo | None = None,
+               dups: list[tuple[int, int]] | None = None) -> TaskResult:
         from ..dedupe.minhash import concat_sets
 
         self.files.commit()
         p, spec = self.parts, self.spec
+        if info is not None:
+            with AtomicFile(task_docs(self.files.ids_path.parent, self.task)) as f:
+                f.write(orjson.dumps(info.rows))
 
         def cat(key: str, empty: np.ndarray) -> np.ndarray:
             return np.concatenate(p[key]) if p[key] else empty
@@ -411,7 +483,7 @@ class _TaskOutput:
             set_offsets=None if sets is None else sets[1],
             ids_path=str(self.files.ids_path),
             mask_path=str(self.files.mask_path) if self.files.has_mask else None,
-            seconds=seconds)
+            seconds=seconds, dups=None if info is None else (dups or []))
 
 
 def run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
@@ -442,9 +514,11 @@ def _run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
     out = _TaskOutput(work, task, spec.ids_dtype, spec)
     raws = _Counted(_raws(task, spec.read))
     spot = _SpotChecks(spec, task, st)
+    info = _DocInfo(spec.report_id_field) if spec.report_id_field is not None else None
     t_task = time.perf_counter()
     try:
-        for docs in _batches(_documents(raws, st, counts, bad), spec.batch_bytes):
+        for docs in _batches(_documents(raws, st, counts, bad, info), spec.batch_bytes):
+            _check_stop(work, task)
             batch = _Batch(docs)
             if in_task is not None:
                 batch.docs, batch.digests = in_task(batch.docs, counts)
@@ -470,7 +544,8 @@ def _run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
                 batch.keep(enc.keep)
             out.add(batch, enc)
         seconds["task"] = time.perf_counter() - t_task
-        res = out.finish(raws.n, bad, counts, dict(seconds))
+        res = out.finish(raws.n, bad, counts, dict(seconds), info,
+                         in_task.dups if in_task is not None else None)
     finally:
         out.files.close()
     res.checks = {"backend": spec.backend, "spot_checks": spot.record()}
@@ -495,6 +570,11 @@ def task_file(work: str | Path, task: Task, suffix: str) -> Path:
     return Path(work) / f"task-{task.index:06d}.{suffix}"
 
 
+def task_docs(work: str | Path, task: Task) -> Path:
+    """--dedupe-report: the task's documents as ``[[local line, id, excerpt], ...]``."""
+    return task_file(work, task, "docs.json")
+
+
 _ARRAYS = ("lengths", "lines", "kinds", "targets", "digests", "signatures", "set_values",
            "set_offsets")
 
@@ -506,17 +586,21 @@ def save_result(res: TaskResult, work: str | Path) -> None:
         np.savez(f.file, **{k: getattr(res, k) for k in _ARRAYS if getattr(res, k) is not None})
     meta = {"n_lines": res.n_lines, "bad": res.bad, "counts": res.counts.to_json(),
             "has_mask": res.mask_path is not None, "seconds": res.seconds, "checks": res.checks,
-            "task": [res.task.file, res.task.start, res.task.end]}
+            "task": [res.task.file, res.task.start, res.task.end], "dups": res.dups}
     with AtomicFile(task_file(work, res.task, "json")) as f:
         f.write(orjson.dumps(meta))
 
 
-def load_result(task: Task, work: str | Path, itemsize: int) -> TaskResult | None:
-    """The saved result of ``task``, or None when absent or inconsistent (then it is rerun)."""
+def load_result(task: Task, work: str | Path, itemsize: int,
+                report: bool = False) -> TaskResult | None:
+    """The saved result of ``task``, or None when absent or inconsistent (then it is rerun);
+    with ``report``, also None when it was saved without what --dedupe-report needs."""
     done = task_file(work, task, "json")
     try:
         meta = orjson.loads(done.read_bytes())
         if meta["task"] != [task.file, task.start, task.end]:
+            return None
+        if report and (meta.get("dups") is None or not task_docs(work, task).is_file()):
             return None
         with np.load(task_file(work, task, "meta.npz"), allow_pickle=False) as z:
             arrays = {k: z[k] if k in z.files else None for k in _ARRAYS}
@@ -533,4 +617,6 @@ def load_result(task: Task, work: str | Path, itemsize: int) -> TaskResult | Non
     return TaskResult(task=task, n_lines=meta["n_lines"], bad=[tuple(b) for b in meta["bad"]],
                       counts=counts, ids_path=str(ids_path),
                       mask_path=str(mask_path) if mask_path else None, seconds=meta["seconds"],
-                      checks=meta.get("checks", {}), **arrays)
+                      checks=meta.get("checks", {}),
+                      dups=None if meta.get("dups") is None else [tuple(x) for x in meta["dups"]],
+                      **arrays)

@@ -86,7 +86,9 @@ class Raw:
     line: int          # 1-based line (JSONL/text) or row (Parquet) number
     value: Any         # dict for JSONL/Parquet, str for text files; None when ``bad`` is set
     bad: Bad | None = None
-    repaired: str | None = None  # a repair applied while reading (e.g. "utf8"), for the counts
+    # repairs applied while reading, for the counts: "utf8" (invalid bytes replaced), "bom"
+    # (a UTF-8 byte-order mark removed from the file's first line)
+    repaired: tuple[str, ...] = ()
 
 
 def is_compressed(path: str) -> bool:
@@ -279,12 +281,13 @@ def read_jsonl(path: str, file_index: int, cfg: ReadConfig, start: int = 0,
                     yield Raw(file_index, lineno, None,
                               Bad("record_too_large", f"line longer than --max-record-bytes {limit}"))
                     continue
+                fix: tuple[str, ...] = ()
                 if lineno == 1 and start == 0 and line.startswith(UTF8_BOM):
-                    line = line[3:]
+                    line, fix = line[3:], ("bom",)
                 if not line.strip():
-                    yield Raw(file_index, lineno, None, Bad("blank_line", "empty line"))
+                    yield Raw(file_index, lineno, None, Bad("blank_line", "empty line"), fix)
                     continue
-                repaired = None
+                repaired = fix
                 try:
                     value = orjson.loads(line)
                 except orjson.JSONDecodeError as first:
@@ -292,7 +295,7 @@ def read_jsonl(path: str, file_index: int, cfg: ReadConfig, start: int = 0,
                     text, fixed = _decode(line, cfg.invalid_utf8)
                     if text is None:
                         yield Raw(file_index, lineno, None,
-                                  Bad("invalid_utf8", "line is not valid UTF-8", _excerpt(line)))
+                                  Bad("invalid_utf8", "line is not valid UTF-8", _excerpt(line)), fix)
                         continue
                     value = None
                     if fixed:  # invalid UTF-8 repaired with U+FFFD: parse the repaired text
@@ -301,13 +304,14 @@ def read_jsonl(path: str, file_index: int, cfg: ReadConfig, start: int = 0,
                         except orjson.JSONDecodeError as second:
                             error = second
                     if value is None:
-                        yield Raw(file_index, lineno, None, Bad("malformed_json", str(error), _excerpt(line)))
+                        yield Raw(file_index, lineno, None,
+                                  Bad("malformed_json", str(error), _excerpt(line)), fix)
                         continue
-                    repaired = "utf8"
+                    repaired += ("utf8",)
                 if not isinstance(value, dict):
                     yield Raw(file_index, lineno, None,
                               Bad("not_an_object", f"line holds a JSON {type(value).__name__}, "
-                                  f"not an object", _excerpt(line)))
+                                  f"not an object", _excerpt(line)), fix)
                     continue
                 yield Raw(file_index, lineno, value, None, repaired)
         except _STREAM_ERRORS as e:
@@ -325,28 +329,26 @@ def read_text(path: str, file_index: int, cfg: ReadConfig) -> Iterator[Raw]:
                     yield Raw(file_index, 1, None,
                               Bad("record_too_large", f"file larger than --max-record-bytes {limit}"))
                     return
+                fix: tuple[str, ...] = ()
                 if data.startswith(UTF8_BOM):
-                    data = data[3:]
-                text, fixed = _decode(data, cfg.invalid_utf8)
-                if text is None:
-                    yield Raw(file_index, 1, None, Bad("invalid_utf8", "file is not valid UTF-8",
-                                                        _excerpt(data)))
-                    return
-                yield Raw(file_index, 1, text, None, "utf8" if fixed else None)
+                    data, fix = data[3:], ("bom",)
+                yield _text_raw(file_index, 1, data, cfg, fix, "file is not valid UTF-8")
                 return
             para: list[bytes] = []
             para_line = 0
             para_size = 0
+            bom: tuple[str, ...] = ()  # a BOM removed from line 1: counted on its record
             for lineno, line in _iter_lines(stream, limit):
                 if line is None:
                     yield Raw(file_index, lineno, None,
                               Bad("record_too_large", f"line longer than --max-record-bytes {limit}"))
                     continue
                 if lineno == 1 and line.startswith(UTF8_BOM):
-                    line = line[3:]
+                    line, bom = line[3:], ("bom",)
                 if cfg.text_unit == "line":
                     if line.strip():
-                        yield _text_raw(file_index, lineno, line, cfg)
+                        yield _text_raw(file_index, lineno, line, cfg, bom)
+                    bom = ()
                     continue
                 if line.strip():
                     if not para:
@@ -358,10 +360,10 @@ def read_text(path: str, file_index: int, cfg: ReadConfig) -> Iterator[Raw]:
                                   Bad("record_too_large", f"paragraph larger than --max-record-bytes {limit}"))
                         para, para_size = [], 0
                 elif para:
-                    yield _text_raw(file_index, para_line, b"".join(para), cfg)
-                    para, para_size = [], 0
+                    yield _text_raw(file_index, para_line, b"".join(para), cfg, bom)
+                    para, para_size, bom = [], 0, ()
             if para:
-                yield _text_raw(file_index, para_line, b"".join(para), cfg)
+                yield _text_raw(file_index, para_line, b"".join(para), cfg, bom)
         except _STREAM_ERRORS as e:
             yield _damaged(file_index, lineno, e)
 
@@ -373,11 +375,12 @@ def _damaged(file_index: int, lineno: int, e: BaseException) -> Raw:
                Bad(reason, f"stream unreadable after line {lineno}: {type(e).__name__}: {e}"))
 
 
-def _text_raw(file_index: int, lineno: int, data: bytes, cfg: ReadConfig) -> Raw:
+def _text_raw(file_index: int, lineno: int, data: bytes, cfg: ReadConfig,
+              fix: tuple[str, ...] = (), invalid: str = "text is not valid UTF-8") -> Raw:
     text, fixed = _decode(data, cfg.invalid_utf8)
     if text is None:
-        return Raw(file_index, lineno, None, Bad("invalid_utf8", "text is not valid UTF-8", _excerpt(data)))
-    return Raw(file_index, lineno, text, None, "utf8" if fixed else None)
+        return Raw(file_index, lineno, None, Bad("invalid_utf8", invalid, _excerpt(data)), fix)
+    return Raw(file_index, lineno, text, None, fix + ("utf8",) if fixed else fix)
 
 
 def read_parquet(path: str, file_index: int, cfg: ReadConfig, batch_rows: int = 8192) -> Iterator[Raw]:

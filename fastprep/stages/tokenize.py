@@ -169,6 +169,29 @@ def _vocab_size(tok: Any, cfg: dict[str, Any]) -> int:
                max(tok.get_added_tokens_decoder(), default=-1) + 1)
 
 
+# transformers writes this (int(1e30)) for "no known limit"; real limits are far below 1e7
+_NO_LIMIT = 10_000_000
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def model_max_length(folder: Path, config: dict[str, Any]) -> tuple[int | None, str]:
+    """(the longest sequence the model takes, where that was read), or (None, "") when the
+    folder does not say: ``model_max_length`` in ``tokenizer_config.json`` and the position
+    limit in ``config.json`` (``max_position_embeddings``, GPT-2's ``n_positions``, ...), the
+    smaller of the two when both are known."""
+    found: list[tuple[int, str]] = []
+    m = config.get("model_max_length")
+    if isinstance(m, (int, float)) and 0 < m < _NO_LIMIT:
+        found.append((int(m), "model_max_length in tokenizer_config.json"))
+    model = _read_json(folder / "config.json")
+    for key in _POSITION_KEYS:
+        v = model.get(key)
+        if isinstance(v, int) and 0 < v < _NO_LIMIT:
+            found.append((v, f"{key} in config.json"))
+            break
+    return min(found) if found else (None, "")
+
+
 # Well-known special tokens of bare tokenizer.json files, most specific first: what EOS and BOS
 # are when no tokenizer_config.json / special_tokens_map.json names them (GPT-2 and Qwen2
 # <|endoftext|>, Llama-3 <|end_of_text|>, Llama-2/Mistral </s>, Gemma <eos>).
@@ -214,6 +237,7 @@ class TokenizerBundle:
         wants_bos = bool(config.get("add_bos_token", False)) or post_adds_bos or (
             cfg.bos_token is not None)
         template, template_source = self._template(cfg, folder, config)
+        self.max_length, self.max_length_source = model_max_length(folder, config)
         self.spec = TokenizerSpec(
             file=str(tok_file.resolve()), sha256=hashlib.sha256(raw).hexdigest(),
             vocab_size=_vocab_size(self.tokenizer, self.config), bos_token=bos_token, eos_token=eos_token,
@@ -290,6 +314,7 @@ class TokenizerBundle:
         self.spec = spec
         self.notes = []
         self._renderer = None
+        self.max_length, self.max_length_source = None, ""  # the driver checked it
         got = (_vocab_size(self.tokenizer, self.config),
                self.tokenizer.token_to_id(spec.bos_token) if spec.bos_token else None,
                self.tokenizer.token_to_id(spec.eos_token) if spec.eos_token else None)

@@ -16,10 +16,14 @@ def test_insert_kernel_matches_reference(pairs: list[tuple[int, int]]) -> None:
     table = np.zeros((512, 2), np.uint64)
     used = np.zeros(512, np.uint8)
     got = np.zeros(len(keys), np.bool_)
-    count = insert_keys(table, used, 0, keys, got)
+    slots = np.full(len(keys), -1, np.int64)
+    count = insert_keys(table, used, 0, keys, got, slots)
     want = insert_keys_reference(set(), keys)
     assert got.tolist() == want.tolist()
     assert count == len(set(pairs)) == int(used.sum())
+    # every key's slot holds that key: equal keys share a slot, distinct keys never do
+    assert all(table[s].tolist() == list(k) for s, k in zip(slots.tolist(), pairs))
+    assert len(set(slots.tolist())) == count
 
 
 def test_exact_deduper_first_occurrence_across_batches_and_growth() -> None:
@@ -37,3 +41,24 @@ def test_exact_deduper_first_occurrence_across_batches_and_growth() -> None:
     assert d.count == 700
     assert d.nbytes <= 4096 * 17  # 700 keys at <= half load: 2048 slots of 17 bytes
     assert d(["doc 5", "new doc", "Doc 5"]).tolist() == [False, True, True]
+
+
+def test_tracking_deduper_names_each_copys_first_occurrence_across_growth() -> None:
+    """--dedupe-report's exact entries: the id of the first occurrence, also after the table
+    rehashed (values must move with their keys) and for a copy inside the same call."""
+    d = ExactDeduper(capacity=16, track=True)
+    first: dict[str, int] = {}
+    docs = [f"doc {(i * 7) % 500}" for i in range(1500)]
+    for lo in range(0, len(docs), 250):
+        batch = docs[lo:lo + 250]
+        ids = np.arange(lo, lo + len(batch), dtype=np.int64) * 3 + 1
+        new = d.insert(d.digests(batch), ids)
+        want_matches = []
+        for s, i in zip(batch, ids.tolist()):
+            if s in first:
+                want_matches.append(first[s])
+            else:
+                first[s] = i
+        assert new.tolist() == [s_i == first[s] for s, s_i in zip(batch, ids.tolist())]
+        assert d.matches.tolist() == want_matches
+    assert d.nbytes > ExactDeduper(capacity=16).nbytes

@@ -19,7 +19,8 @@ def hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def test_ray_executor_matches_local_executor(tmp_path: Path, tokenizer_dir: Path) -> None:
+def test_ray_executor_matches_local_executor(tmp_path: Path, tokenizer_dir: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     texts = make_texts(400, seed=9, min_words=40, max_words=90)
     near = [t.replace(" alpha ", " ALPHA ", 1) for t in texts[:30]]
     # exact and near duplicates planted across different files and tasks
@@ -39,8 +40,22 @@ def test_ray_executor_matches_local_executor(tmp_path: Path, tokenizer_dir: Path
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         distributed = prepare(cfg("ray", executor="ray"))
+        # relative input, tokenizer and output paths: Ray tasks run in another working folder,
+        # so the driver resolves every path first (was: a traceback inside the tasks)
+        monkeypatch.chdir(tmp_path)
+        rel_tok = Path("tok")
+        rel_tok.symlink_to(tokenizer_dir)
+        relative = prepare(PrepareConfig.of(
+            read=ReadConfig(paths=("a.jsonl", "b.jsonl")), tokenize=TokenizeConfig(tokenizer=str(rel_tok)),
+            out="ray-rel", pack=PackConfig(seq_len=128), task_bytes=8000,
+            dedupe=DedupeConfig(minhash=MinHashConfig(threshold=0.8)), progress=False, executor="ray"))
     finally:
         ray.shutdown()
+    assert relative.counts == local.counts
+    rel_hashes, ray_hashes = hashes(tmp_path / "ray-rel"), hashes(tmp_path / "ray")
+    for name in ("manifest.json", "quarantine.jsonl"):  # they name the paths as given
+        rel_hashes.pop(name), ray_hashes.pop(name)
+    assert rel_hashes == ray_hashes
     assert distributed.counts == local.counts
     # under Ray the MinHash decisions come from the band shuffle run as Ray tasks, locally from
     # the driver's streaming index: the same removals either way

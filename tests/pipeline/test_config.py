@@ -80,9 +80,12 @@ def test_recipe_and_run_options_are_split_by_what_they_decide() -> None:
     with pytest.raises(TypeError, match="unknown field.*wokers"):
         PrepareConfig.of(read=ReadConfig(paths=("x",)), tokenize=TokenizeConfig(tokenizer="t"),
                          out="o", wokers=2)
-    with pytest.raises(ValueError, match="--dedupe-report needs --dedupe minhash"):
+    with pytest.raises(ValueError, match="--dedupe-report needs deduplication"):
         PrepareConfig.of(read=ReadConfig(paths=("x",)), tokenize=TokenizeConfig(tokenizer="t"),
-                         out="o", dedupe_report="r.jsonl")
+                         out="o", dedupe_report="r.jsonl", dedupe=DedupeConfig(exact=False))
+    # exact deduplication alone has copies to report
+    PrepareConfig.of(read=ReadConfig(paths=("x",)), tokenize=TokenizeConfig(tokenizer="t"),
+                     out="o", dedupe_report="r.jsonl")
 
 
 def test_fingerprint_ignores_run_options_and_follows_the_recipe(tmp_path: Path,

@@ -92,7 +92,7 @@ def test_invalid_utf8_replace_policy(tmp_path: Path) -> None:
     p.write_bytes(b'{"text": "bad \xff byte"}\n')
     raws = _records(p, invalid_utf8="replace")
     assert _good(raws) == [{"text": "bad \ufffd byte"}]
-    assert raws[0].repaired == "utf8"
+    assert raws[0].repaired == ("utf8",)
 
 
 def test_oversized_line_is_skipped_in_bounded_memory(tmp_path: Path) -> None:
