@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -224,7 +225,7 @@ def test_progress_bar_when_asked_quiet_when_piped_or_quiet(tmp_path: Path, token
 def test_seq_len_above_the_model_maximum_is_refused(tmp_path: Path, tokenizer_dir: Path) -> None:
     model = tmp_path / "model"
     shutil.copytree(tokenizer_dir, model)
-    (model / "config.json").write_text(json.dumps({"max_position_embeddings": 512}))
+    (model / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 512}))
     data = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in make_texts(50)])
     base = ["prepare", str(data), "--tokenizer", str(model)]
     err = one_line_error(cli(*base, "--seq-len", "10000000", "--out", str(tmp_path / "o")))
@@ -233,6 +234,9 @@ def test_seq_len_above_the_model_maximum_is_refused(tmp_path: Path, tokenizer_di
     assert cli(*base, "--seq-len", "1024", "--exceed-model-max", "--out", str(tmp_path / "ext")).returncode == 0
     # transformers' "no limit" value is not a limit
     cfg = json.loads((model / "tokenizer_config.json").read_text())
+    # a config.json that is not a model's (no model_type/architectures) says nothing
+    (model / "config.json").write_text(json.dumps({"seq_length": 128, "lr": 1e-4}))
+    assert cli(*base, "--seq-len", "1024", "--out", str(tmp_path / "cfg")).returncode == 0
     (model / "config.json").unlink()
     (model / "tokenizer_config.json").write_text(json.dumps({**cfg, "model_max_length": int(1e30)}))
     assert cli(*base, "--seq-len", "4096", "--out", str(tmp_path / "big")).returncode == 0
@@ -420,3 +424,117 @@ def test_report_after_resuming_a_run_that_had_none(tmp_path: Path, tokenizer_dir
     assert [(r["line"], r["id"], r["matched_line"], r["matched_id"]) for r in rows] == \
         [(301, 300, 1, 0), (302, 301, 2, 1), (303, 302, 3, 2)]
     assert all(r["excerpt"] == r["matched_excerpt"] != "" for r in rows)
+
+
+def test_report_names_the_kept_document_at_the_end_of_a_chain(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """What a removed document matched may itself be removed: a copy inside task 2 whose first
+    occurrence there copies task 1's document; an exact copy of a document MinHash removed.
+    The report names the kept one (bug caught: it named documents absent from the dataset)."""
+    base = make_texts(30, seed=21, min_words=40, max_words=60)
+    near = base[4].split()
+    near[2] = "CHANGED"
+    near = " ".join(near)
+    a = write_jsonl(tmp_path / "a.jsonl", [{"id": f"a{i}", "text": t} for i, t in enumerate(base)]
+                    + [{"id": "near4", "text": near}])                    # a:31 near a:5
+    b = write_jsonl(tmp_path / "b.jsonl", [{"id": "b1", "text": base[7]},   # b:1 exact a:8
+                                           {"id": "b2", "text": "fresh words " * 20},
+                                           {"id": "b3", "text": base[7]},   # b:3 exact b:1 -> a:8
+                                           {"id": "b4", "text": near}])     # b:4 exact a:31 -> a:5
+    report = tmp_path / "r.jsonl"
+    r = cli("prepare", str(a), str(b), "--tokenizer", str(tokenizer_dir), "--dedupe", "minhash",
+            "--out", str(tmp_path / "ds"), "--dedupe-report", str(report))
+    assert r.returncode == 0, r.stderr
+    rows = {(Path(x["source"]).name, x["line"]): x for x in map(json.loads, report.read_text().splitlines())}
+    ends = {k: (Path(x["matched_source"]).name, x["matched_line"], x["matched_id"], x["kind"])
+            for k, x in rows.items()}
+    assert ends == {("a.jsonl", 31): ("a.jsonl", 5, "a4", "near"),
+                    ("b.jsonl", 1): ("a.jsonl", 8, "a7", "exact"),
+                    ("b.jsonl", 3): ("a.jsonl", 8, "a7", "exact"),
+                    ("b.jsonl", 4): ("a.jsonl", 5, "a4", "exact")}
+    assert rows[("b.jsonl", 4)]["similarity"] == rows[("a.jsonl", 31)]["similarity"] < 1
+    assert rows[("b.jsonl", 3)]["similarity"] == 1.0
+
+
+def test_report_resumed_with_another_id_field_rereads_the_ids(tmp_path: Path, tokenizer_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastprep.dataset.write as w
+    from fastprep.cli import main
+
+    texts = make_texts(200, seed=8, min_words=20)
+    data = write_jsonl(tmp_path / "d.jsonl", [{"id": f"i{k}", "uuid": f"u{k}", "text": t}
+                                              for k, t in enumerate(texts + texts[:2])])
+    report = tmp_path / "r.jsonl"
+    args = ["prepare", str(data), "--tokenizer", str(tokenizer_dir), "--task-bytes", "4000",
+            "--workers", "1", "--out", str(tmp_path / "ds"), "--dedupe-report", str(report)]
+
+    def full_disk(self, block):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(w.ShardWriter, "add", full_disk)
+    assert main([*args, "--id-field", "id"]) == 1
+    monkeypatch.undo()
+    assert main([*args, "--id-field", "uuid"]) == 0
+    rows = [json.loads(x) for x in report.read_text().splitlines()]
+    assert [(r["id"], r["matched_id"]) for r in rows] == [("u200", "u0"), ("u201", "u1")]
+
+
+def test_main_script_guard_detection(tmp_path: Path) -> None:
+    """The hint names a missing guard only for a script that really has none: not for
+    ``python -m pkg`` (whose __main__ multiprocessing never re-runs) nor for a script that
+    merely mentions __main__."""
+    probe = "from fastprep.pipeline.executor import main_script_without_guard as g; print(g())\n"
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(probe)
+    (tmp_path / "mentions.py").write_text("# see __main__ below\n" + probe)
+    (tmp_path / "guarded.py").write_text('if __name__ == "__main__":\n    ' + probe)
+
+    def out(*args: str) -> str:
+        r = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    assert out("-m", "pkg") == "None"
+    assert out("guarded.py") == "None"
+    assert out("mentions.py") == str(tmp_path / "mentions.py")
+
+
+def test_a_killed_worker_is_one_line_and_the_rerun_resumes(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """SIGKILL one worker process mid-run (as the OOM killer does): one line, exit 1, the
+    finished tasks kept (bug caught: the broken pool's error-setting thread died on a future
+    cancelled meanwhile, and the run hung forever)."""
+    import signal
+    import time
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in make_texts(30000, max_words=80)])
+    args = ["prepare", str(data), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "ds"),
+            "--workers", "2", "--task-bytes", "200000", "--tokenizer-backend", "hf"]
+    script = Path(sys.executable).parent / "fastprep"
+    proc = subprocess.Popen([str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def workers() -> list[int]:
+        out = []
+        for p in Path("/proc").iterdir():
+            try:
+                if p.name.isdigit() and f"PPid:\t{proc.pid}\n" in (p / "status").read_text():
+                    if b"spawn_main" in (p / "cmdline").read_bytes():
+                        out.append(int(p.name))
+            except OSError:
+                continue
+        return out
+
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "ds" / ".fastprep-work").is_dir():
+        time.sleep(0.05)
+    while time.time() < deadline and not list((tmp_path / "ds" / ".fastprep-work").glob("task-*.json")):
+        time.sleep(0.05)  # a first task finished: there is something to resume
+    pids = workers()
+    assert pids and proc.poll() is None, "the run ended before a worker could be killed"
+    os.kill(pids[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "a worker process died" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err
+    r = cli(*args)
+    assert r.returncode == 0 and "resumed an interrupted run" in r.stderr, r.stderr

@@ -70,7 +70,9 @@ class ExactDeduper:
         is_new = np.zeros(len(d), dtype=np.bool_)
         slots = np.zeros(len(d), dtype=np.int64)
         self.count = insert_keys(self._table, self._used, self.count, d, is_new, slots)
-        if self._first is not None and ids is not None:
+        if self._first is not None:
+            if ids is None:
+                raise TypeError("a tracking ExactDeduper needs the documents' ids")
             # new keys first: a copy later in the same call finds its original's id
             self._first[slots[is_new]] = np.asarray(ids, dtype=np.int64)[is_new]
             self.matches = self._first[slots[~is_new]]

@@ -14,9 +14,10 @@ same for local processes and Ray tasks.
   sees.
 
 Either way the caller consumes results strictly in task order, so deduplication, line numbers
-and output do not depend on the executor or its size. A task's failure is seen as soon as it
-happens, not when its turn comes: the later tasks (useless now) are cancelled or asked to stop
-(:class:`Hooks`), so ``--strict`` reports the first bad record once the tasks before it are done.
+and output do not depend on the executor or its size. A local task's failure is acted on when
+it happens (Ray's: when the driver next waits), not when its turn comes: the later tasks,
+useless now, are cancelled or asked to stop (:class:`Hooks`), so ``--strict`` reports the first
+bad record once the tasks before it are done.
 
 Many cores: processes, not one big tokenizer pool, because each process has its own interpreter
 and Rust pool and shares nothing but the input files. The serial part is the driver, which
@@ -29,11 +30,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
+import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -100,22 +103,28 @@ class WorkerDied(RuntimeError):
     without a ``__main__`` guard)."""
 
 
-def _main_without_guard() -> str | None:
+_GUARD = re.compile(r"""^\s*if\s+__name__\s*==\s*['"]__main__['"]\s*:""", re.M)
+
+
+def main_script_without_guard() -> str | None:
     """The main script's path when it has no ``if __name__ == "__main__":`` guard: spawned
-    workers re-import it, and its top-level call starts the run again in every one."""
+    workers re-import it, and its top-level call starts the run again in every one. None for
+    ``python -m pkg`` (multiprocessing does not re-run a ``__main__`` module, as
+    ``multiprocessing.spawn`` decides by the module's spec), ``-c`` and interactive sessions."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    if not path or not str(path).endswith(".py"):
+    if getattr(main, "__spec__", None) is not None or not path or not str(path).endswith(".py"):
         return None
     try:
-        source = open(path, encoding="utf-8").read()
-    except OSError:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+    except (OSError, UnicodeDecodeError):
         return None
-    return None if "__main__" in source else str(path)
+    return None if _GUARD.search(source) else str(path)
 
 
 def _worker_died() -> WorkerDied:
-    script = _main_without_guard()
+    script = main_script_without_guard()
     if script is not None:
         return WorkerDied(f"worker processes could not start: {script} calls fastprep at its top "
                           f"level without an `if __name__ == \"__main__\":` guard, and spawned "
@@ -169,39 +178,57 @@ class Hooks:
     stop: Callable[[int], None] = lambda index: None
 
 
+def _tell(hook: Callable[[Any], None], arg: Any) -> None:
+    """Call a hook without letting its failure replace the error being handled (a stop hook
+    writes a file, and a full disk may be why a task failed)."""
+    try:
+        hook(arg)
+    except Exception:  # noqa: BLE001 - the run's own error is the one to report
+        pass
+
+
 class _Watch:
-    """Completions of a pool's futures as they come: ``done`` for each success; on a failure
-    of task ``k``, the later tasks' futures are cancelled and ``stop(k)``."""
+    """Completions of a pool's futures. A failure is acted on in the pool's own callback
+    thread the moment it happens, whatever the driver is doing: the later tasks' futures
+    are cancelled and ``stop(k)``. Successes go through a queue to the driver's thread, which
+    calls ``done`` (O(1) per completion whatever the number of tasks)."""
 
     def __init__(self, futures: dict[int, Future[Any]], tasks: dict[int, Any], hooks: Hooks) -> None:
         self.futures, self.tasks, self.hooks = futures, tasks, hooks
         self.index = {f: i for i, f in futures.items()}
-        self.pending = set(futures.values())
+        self.finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
         self.failed: int | None = None
+        self._lock = threading.Lock()
+        for f in list(futures.values()):
+            f.add_done_callback(self._completed)
+
+    def _completed(self, f: Future[Any]) -> None:
+        # Not for a broken pool: its management thread is then setting an error on every
+        # future in turn, and one cancelled meanwhile makes that thread die (InvalidStateError)
+        # with the rest never completing. Every task has failed anyway.
+        error = None if f.cancelled() else f.exception()
+        if error is not None and not isinstance(error, BrokenProcessPool):
+            self._fail(self.index[f])
+        self.finished.put(f)
+
+    def _fail(self, i: int) -> None:
+        with self._lock:
+            if self.failed is not None and self.failed <= i:
+                return
+            self.failed = i
+        for j, g in list(self.futures.items()):
+            if j > i:
+                g.cancel()
+        _tell(self.hooks.stop, i)
 
     def until_done(self, index: int) -> None:
+        """Take completions until task ``index``'s is among them."""
         target = self.futures[index]
-        while not target.done() and self.pending:
-            finished, self.pending = wait(self.pending, return_when=FIRST_COMPLETED)
-            for f in finished:
-                self._seen(f)
-        self.pending.discard(target)
-        if target.done():
-            self._seen(target)
-
-    def _seen(self, f: Future[Any]) -> None:
-        i = self.index.pop(f, None)
-        if i is None or f.cancelled():
-            return
-        if f.exception() is None:
-            self.hooks.done(self.tasks[i])
-            return
-        if self.failed is None or i < self.failed:
-            self.failed = i
-            for j, g in self.futures.items():
-                if j > i:
-                    g.cancel()
-            self.hooks.stop(i)
+        while target in self.index:
+            f = self.finished.get()
+            i = self.index.pop(f, None)
+            if i is not None and not f.cancelled() and f.exception() is None:
+                _tell(self.hooks.done, self.tasks[i])
 
 
 class Workers:
@@ -274,7 +301,7 @@ class Workers:
             if futures:
                 for f in futures.values():
                     f.cancel()
-                hooks.stop(-1)
+                _tell(hooks.stop, -1)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -291,6 +318,9 @@ class Workers:
 def _ray_call(fn: Callable[[Any], Any], task: Any, threads: int) -> int:
     setup_worker(threads)
     return _call(fn, task)
+
+
+RAY_WINDOW = 512
 
 
 def _ray(fn: Callable[[Any], Any], tasks: list[Any], done: set[int], opts: ExecutorOptions,
@@ -323,15 +353,18 @@ def _ray(fn: Callable[[Any], Any], tasks: list[Any], done: set[int], opts: Execu
                 for j, later in refs.items():
                     if j > i:
                         ray.cancel(later)
-                hooks.stop(i)
+                _tell(hooks.stop, i)
             return
-        hooks.done(by_index[i])
+        _tell(hooks.done, by_index[i])
 
     try:
         for t in tasks:
             if t.index in refs:
                 while refs[t.index] in index:  # not seen yet: take completions as they come
-                    ready, _ = ray.wait(list(index), num_returns=1)
+                    # the next RAY_WINDOW pending tasks in task order: ray.wait's cost grows
+                    # with the refs it is given
+                    window = [r for _, r in zip(range(RAY_WINDOW), index)]
+                    ready, _ = ray.wait(window, num_returns=1)
                     seen(ready[0])
                 try:
                     ray.get(refs.pop(t.index))
@@ -343,4 +376,4 @@ def _ray(fn: Callable[[Any], Any], tasks: list[Any], done: set[int], opts: Execu
         if refs:
             for ref in refs.values():
                 ray.cancel(ref)
-            hooks.stop(-1)
+            _tell(hooks.stop, -1)

@@ -135,7 +135,9 @@ class Merger:
         self.spot = Counter()                 # spot-checked documents and tokens
         self.reruns: list[dict[str, Any]] = []  # tasks a spot check moved to tokenizers
 
-    def add(self, res: TaskResult) -> None:
+    def add(self, res: TaskResult) -> int:
+        """Merge the next task's result; returns the tokens it keeps (after exact and, when
+        streaming, near dedupe)."""
         f = res.task.file
         off = self.line_offset[f]
         self.line_offset[f] += res.n_lines
@@ -166,6 +168,7 @@ class Merger:
         self.kinds += np.bincount(res.kinds[keep], minlength=len(KIND_NAMES))
         self.target_tokens += int(res.targets[keep].sum())
         self.spill.append_task(res.lengths, keep, res.ids_path, res.mask_path)
+        return int(res.lengths[keep].sum())
 
     def _report_task(self, res: TaskResult, off: int) -> None:
         """The task's documents for the report, and its in-task exact copies."""

@@ -23,9 +23,11 @@ class Progress:
         self.bar: Any = None
 
     def _open(self, desc: str, total: int, unit: str, initial: int = 0, **kw: Any) -> None:
+        self.close()
+        if self.disable is True:
+            return  # no bar: not even tqdm's import (a start-up cost of every small run)
         from tqdm import tqdm
 
-        self.close()
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
                         disable=self.disable, dynamic_ncols=True, mininterval=0.25,
                         smoothing=0.1, leave=True, **kw)

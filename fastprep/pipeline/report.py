@@ -1,15 +1,19 @@
 """``--dedupe-report FILE``: one JSON line per removed duplicate, exact or near, in input order.
 
-Each line names the removed document and the kept one it duplicates: source file and line,
-the record's id field (``--id-field``, when the record has one) and a short excerpt of both,
-plus the similarity (1.0 for exact copies; the exact or estimated Jaccard for MinHash)::
+Each line names the removed document, why (``kind``: an exact copy, or a MinHash near
+duplicate) and the kept document it duplicates: source file and line, the record's id field
+(``--id-field``, when the record has one) and a short excerpt of both, plus the similarity (1.0
+for exact copies; the exact or estimated Jaccard for MinHash). When what a document matched was
+itself removed later (an exact copy of a document that MinHash then removed; a copy inside a
+task whose first occurrence was a copy of an earlier task's), the line names the document at the
+end of that chain, the one the dataset keeps, with its similarity::
 
     {"kind": "near", "source": "a.jsonl", "line": 12, "id": "doc-12", "excerpt": "...",
      "matched_source": "a.jsonl", "matched_line": 3, "matched_id": "doc-3",
      "matched_excerpt": "...", "similarity": 0.9123}
 
-The driver holds 24 bytes per removal (two document ids and the similarity) and never the
-texts: the workers save each task's ids and excerpts next to its result
+The driver holds 25 bytes per removal (two document ids, the similarity, the kind) and never
+the texts: the workers save each task's ids and excerpts next to its result
 (:func:`fastprep.pipeline.tasks.task_docs`), and :meth:`DedupeReport.commit` reads them back,
 one task at a time, only for the documents the report names.
 """
@@ -39,6 +43,24 @@ def split_doc_id(d: int) -> tuple[int, int]:
     return d >> _LINE_BITS, d & ((1 << _LINE_BITS) - 1)
 
 
+def _kept_ends(removed: np.ndarray, matched: np.ndarray,
+               sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Follow each match that was itself removed to the kept document at the end of its chain.
+    A chain has exact links (identical texts: similarity unchanged) and at most one near link
+    (MinHash only ever matches kept documents), so its similarity is the lowest on it."""
+    matched, sim = matched.copy(), sim.copy()
+    link = {int(r): i for i, r in enumerate(removed.tolist())}
+    for i in range(len(matched)):
+        seen = 0
+        j = link.get(int(matched[i]))
+        while j is not None and seen <= len(matched):  # bounded: ids increase along a chain
+            matched[i] = matched[j]
+            sim[i] = min(sim[i], sim[j])
+            j = link.get(int(matched[j]))
+            seen += 1
+    return matched, sim
+
+
 class DedupeReport:
     def __init__(self, path: str, files: list[str]) -> None:
         self.path, self.files = path, files
@@ -66,6 +88,7 @@ class DedupeReport:
             kinds, removed, matched, sim = (np.concatenate(c) for c in zip(*self._parts))
         else:
             kinds, removed, matched, sim = (np.zeros(0, t) for t in (np.uint8, np.int64, np.int64, np.float64))
+        matched, sim = _kept_ends(removed, matched, sim)
         order = np.argsort(removed, kind="stable")
         info = self._describe(np.union1d(removed, matched))
         with AtomicFile(self.path) as f:

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -232,7 +233,7 @@ def _merge_tasks(run: _Run, pool: Workers, merger: Merger, quarantine: Quarantin
                  progress: Progress) -> None:
     """Run every task (reusing those an interrupted run saved) and merge them in task order."""
     itemsize = run.ids_dt.itemsize
-    report = run.cfg.run.dedupe_report is not None
+    report = run.task_spec().report_id_field
     done = {t.index for t in run.tasks if load_result(t, run.work, itemsize, report) is not None}
     if done:
         run.notes.append(f"resumed an interrupted run: {len(done)} of {len(run.tasks)} tasks were "
@@ -247,18 +248,9 @@ def _merge_tasks(run: _Run, pool: Workers, merger: Merger, quarantine: Quarantin
     # a failed task stops the later ones at once: --strict reports without waiting for them
     hooks = Hooks(done=progress.task_done, stop=functools.partial(stop_tasks_after, run.work))
     try:
-        fresh = {"tasks": len(run.tasks), "resumed_tasks": len(done), "text_bytes": 0, "tokens": 0}
-        run.this_run = fresh
         # --strict: tasks start in input order, so the first bad record is found soonest
-        for task in pool.run_in_order(fn, run.tasks, done, hooks,
-                                      largest_first=not run.cfg.run.strict):
-            res = _load(task, run.work, itemsize, report)
-            merger.add(res)
-            if task.index not in done:
-                fresh["text_bytes"] += res.counts.text_bytes
-                fresh["tokens"] += int(res.lengths.sum())
-            progress.merged(merger.counts["records_read"], merger.counts["text_bytes"],
-                            merger.spill.tokens)
+        tasks = pool.run_in_order(fn, run.tasks, done, hooks, largest_first=not run.cfg.run.strict)
+        _consume(run, tasks, done, merger, progress)
     except TaskStrictError as e:
         t = run.tasks[e.task]
         raise quarantine.strict_error(t.file, merger.line_offset[t.file] + e.line, e.reason,
@@ -283,7 +275,25 @@ def _merge_tasks(run: _Run, pool: Workers, merger: Merger, quarantine: Quarantin
         merger.seconds["minhash_shuffle"] = time.perf_counter() - t
 
 
-def _load(task: Task, work: Path, itemsize: int, report: bool) -> TaskResult:
+def _consume(run: _Run, tasks: Iterator[Task], done: set[int], merger: Merger,
+             progress: Progress) -> None:
+    """Merge every task's result in task order; count what this invocation did itself (the
+    rates of the bar and the summary: resumed tasks took no time now)."""
+    fresh = {"tasks": len(run.tasks), "resumed_tasks": len(done), "records": 0,
+             "text_bytes": 0, "tokens": 0}
+    run.this_run = fresh
+    report = run.task_spec().report_id_field
+    for task in tasks:
+        res = _load(task, run.work, run.ids_dt.itemsize, report)
+        kept_tokens = merger.add(res)
+        if task.index not in done:
+            fresh["records"] += res.counts.records_read
+            fresh["text_bytes"] += res.counts.text_bytes
+            fresh["tokens"] += kept_tokens
+        progress.merged(fresh["records"], fresh["text_bytes"], fresh["tokens"])
+
+
+def _load(task: Task, work: Path, itemsize: int, report: str | None) -> TaskResult:
     r = load_result(task, work, itemsize, report)
     if r is None:
         raise RuntimeError(f"the saved result of task {task.index} ({task.path}) is missing "
@@ -382,16 +392,26 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
     exit_if_importing_main()
     t_start = time.perf_counter()
     files, bundle = _inputs(cfg)
-    with _workers(cfg, files, bundle) as pool:
-        warm = _start_warm(cfg, bundle, pool)
-        try:
-            run = _resolve(cfg, files, bundle, pool.opts.workers)
-        except BaseException:
-            if warm is not None:
-                warm.join()  # a daemon thread inside numba must not meet the interpreter's exit
-            raise
-        run.warm = warm
-        return _execute(run, pool, t_start)
+    work: list[Path] = []
+    try:
+        with _workers(cfg, files, bundle) as pool:
+            warm = _start_warm(cfg, bundle, pool)
+            try:
+                run = _resolve(cfg, files, bundle, pool.opts.workers)
+            except BaseException:
+                if warm is not None:
+                    warm.join()  # a daemon thread inside numba must not meet the interpreter's exit
+                raise
+            run.warm = warm
+            work.append(run.work)
+            return _execute(run, pool, t_start)
+    except ValueError:
+        # The input or configuration must change before a rerun: nothing worth resuming. The
+        # work folder goes only once the workers are gone: its stop file is what stops them
+        # (removed earlier, a running task would never see it and the pool would wait for it).
+        for w in work:
+            shutil.rmtree(w, ignore_errors=True)
+        raise
 
 
 def _execute(run: _Run, pool: Workers, t_start: float) -> PrepareStats:
@@ -435,17 +455,16 @@ def _execute(run: _Run, pool: Workers, t_start: float) -> PrepareStats:
         return PrepareStats(out=str(run.out), counts=manifest.counts, packing=manifest.packing,
                             seconds={k: round(v, 3) for k, v in seconds.items()},
                             manifest=manifest, notes=run.notes, near_dedupe=near_out,
-                            warnings=_warnings(manifest.counts, packing, cfg.recipe.pack), this_run=run.this_run)
-    except BaseException as e:
+                            warnings=_warnings(manifest.counts, packing, cfg.recipe.pack),
+                            this_run=run.this_run)
+    except BaseException:
         progress.close()
         quarantine.abort()
         spill.close()
         merger.close_report(ok=False)
         if writer is not None:
             writer.abort()
-        if isinstance(e, ValueError):
-            # The input or configuration must change before a rerun: nothing worth resuming.
-            shutil.rmtree(run.work, ignore_errors=True)
-        # Otherwise (disk full, interrupt, crash) finished tasks stay in the work folder and the
-        # next run with the same recipe and inputs resumes from them.
+        # A ValueError (input or configuration) discards the work folder in prepare(); other
+        # failures (disk full, interrupt, crash) keep the finished tasks there, and the next run
+        # with the same recipe and inputs resumes from them.
         raise

@@ -177,8 +177,10 @@ class TaskResult:
     seconds: dict[str, float] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)  # backend, spot checks, a rerun
     # --dedupe-report only: (local line, local line of the first occurrence) of each in-task
-    # exact copy; the documents' ids and excerpts are in task_docs()
+    # exact copy; the documents' ids (from the field report_id_field) and excerpts are in
+    # task_docs()
     dups: list[tuple[int, int]] | None = None
+    report_id_field: str | None = None
 
 
 # ---- the stages of one task ---------------------------------------------------------------
@@ -371,9 +373,10 @@ class _InTaskDedupe:
     wasted work); the driver still removes copies across tasks, so the kept set is the same
     first occurrences whatever the task boundaries."""
 
-    def __init__(self) -> None:
-        self.seen: dict[bytes, int] = {}  # 16-byte digest -> line of its first occurrence
-        self.dups: list[tuple[int, int]] = []  # (line, line of the first occurrence)
+    def __init__(self, track: bool = False) -> None:
+        # 16-byte digest -> line of its first occurrence (for the report), else a set
+        self.seen: dict[bytes, int] | set[bytes] = {} if track else set()
+        self.dups: list[tuple[int, int]] = []  # with track: (line, line of the first occurrence)
 
     def __call__(self, docs: list[Doc], counts: TaskCounts) -> tuple[list[Doc], np.ndarray]:
         from ..dedupe.exact import ExactDeduper
@@ -382,11 +385,18 @@ class _InTaskDedupe:
         d = ExactDeduper.digests([dedupe_key(doc) for doc in docs])
         first = np.ones(len(docs), dtype=np.bool_)
         seen = self.seen
-        for i, key in enumerate(map(bytes, d)):
-            line = seen.setdefault(key, docs[i].line)
-            if line != docs[i].line:
-                first[i] = False
-                self.dups.append((docs[i].line, line))
+        if isinstance(seen, dict):
+            for i, key in enumerate(map(bytes, d)):
+                line = seen.setdefault(key, docs[i].line)
+                if line != docs[i].line:
+                    first[i] = False
+                    self.dups.append((docs[i].line, line))
+        else:
+            for i, key in enumerate(map(bytes, d)):
+                if key in seen:
+                    first[i] = False
+                else:
+                    seen.add(key)
         if first.all():
             return docs, d
         counts.exact_duplicates += int(len(docs) - first.sum())
@@ -483,7 +493,8 @@ class _TaskOutput:
             set_offsets=None if sets is None else sets[1],
             ids_path=str(self.files.ids_path),
             mask_path=str(self.files.mask_path) if self.files.has_mask else None,
-            seconds=seconds, dups=None if info is None else (dups or []))
+            seconds=seconds, dups=None if info is None else (dups or []),
+            report_id_field=None if info is None else info.id_field)
 
 
 def run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
@@ -510,7 +521,7 @@ def _run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
     st = _stages(spec)
     counts, bad = TaskCounts(), _BadRecords(task.index, spec.strict)
     seconds: Counter[str] = Counter()
-    in_task = _InTaskDedupe() if spec.exact else None
+    in_task = _InTaskDedupe(track=spec.report_id_field is not None) if spec.exact else None
     out = _TaskOutput(work, task, spec.ids_dtype, spec)
     raws = _Counted(_raws(task, spec.read))
     spot = _SpotChecks(spec, task, st)
@@ -586,21 +597,24 @@ def save_result(res: TaskResult, work: str | Path) -> None:
         np.savez(f.file, **{k: getattr(res, k) for k in _ARRAYS if getattr(res, k) is not None})
     meta = {"n_lines": res.n_lines, "bad": res.bad, "counts": res.counts.to_json(),
             "has_mask": res.mask_path is not None, "seconds": res.seconds, "checks": res.checks,
-            "task": [res.task.file, res.task.start, res.task.end], "dups": res.dups}
+            "task": [res.task.file, res.task.start, res.task.end], "dups": res.dups,
+            "report_id_field": res.report_id_field}
     with AtomicFile(task_file(work, res.task, "json")) as f:
         f.write(orjson.dumps(meta))
 
 
 def load_result(task: Task, work: str | Path, itemsize: int,
-                report: bool = False) -> TaskResult | None:
+                report_id_field: str | None = None) -> TaskResult | None:
     """The saved result of ``task``, or None when absent or inconsistent (then it is rerun);
-    with ``report``, also None when it was saved without what --dedupe-report needs."""
+    with ``report_id_field`` (--dedupe-report), also None when it was saved without the
+    documents' ids and excerpts, or with another id field."""
     done = task_file(work, task, "json")
     try:
         meta = orjson.loads(done.read_bytes())
         if meta["task"] != [task.file, task.start, task.end]:
             return None
-        if report and (meta.get("dups") is None or not task_docs(work, task).is_file()):
+        if report_id_field is not None and (meta.get("report_id_field") != report_id_field
+                                            or not task_docs(work, task).is_file()):
             return None
         with np.load(task_file(work, task, "meta.npz"), allow_pickle=False) as z:
             arrays = {k: z[k] if k in z.files else None for k in _ARRAYS}
@@ -619,4 +633,5 @@ def load_result(task: Task, work: str | Path, itemsize: int,
                       mask_path=str(mask_path) if mask_path else None, seconds=meta["seconds"],
                       checks=meta.get("checks", {}),
                       dups=None if meta.get("dups") is None else [tuple(x) for x in meta["dups"]],
+                      report_id_field=meta.get("report_id_field"),
                       **arrays)

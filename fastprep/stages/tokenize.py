@@ -177,18 +177,25 @@ _POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length
 def model_max_length(folder: Path, config: dict[str, Any]) -> tuple[int | None, str]:
     """(the longest sequence the model takes, where that was read), or (None, "") when the
     folder does not say: ``model_max_length`` in ``tokenizer_config.json`` and the position
-    limit in ``config.json`` (``max_position_embeddings``, GPT-2's ``n_positions``, ...), the
-    smaller of the two when both are known."""
+    limit in the model's ``config.json`` (one with ``model_type`` or ``architectures``:
+    ``max_position_embeddings``, GPT-2's ``n_positions``, ...), the smaller of the two when
+    both are known."""
+    def limit(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < _NO_LIMIT
+
     found: list[tuple[int, str]] = []
     m = config.get("model_max_length")
-    if isinstance(m, (int, float)) and 0 < m < _NO_LIMIT:
+    if limit(m):
         found.append((int(m), "model_max_length in tokenizer_config.json"))
-    model = _read_json(folder / "config.json")
-    for key in _POSITION_KEYS:
-        v = model.get(key)
-        if isinstance(v, int) and 0 < v < _NO_LIMIT:
-            found.append((v, f"{key} in config.json"))
-            break
+    try:
+        model = _read_json(folder / "config.json")
+    except TokenizerError:  # not the model's: the tokenizer does not need it
+        model = {}
+    if "model_type" in model or "architectures" in model:  # a model's config, not any config.json
+        for key in _POSITION_KEYS:
+            if limit(model.get(key)):
+                found.append((int(model[key]), f"{key} in config.json"))
+                break
     return min(found) if found else (None, "")
 
 
