@@ -94,3 +94,20 @@ def test_inspect_into_a_closed_pipe_exits_zero(tmp_path: Path, tokenizer_dir: Pa
     r = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m fastprep inspect "
                         f"{out} --chars 100000 | true"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "Broken pipe" not in r.stderr, r.stderr
+
+
+def test_prepare_process_exit_keeps_atexit_output_and_status(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """A finished prepare skips the interpreter's finalisation (os._exit) but still runs atexit
+    handlers, flushes its output and keeps the exit status (bug this guards: a fast exit that
+    lost buffered stdout, or a benchmark's atexit report)."""
+    good = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in make_texts(50)])
+    bad = tmp_path / "empty.jsonl"
+    bad.write_bytes(b"")
+    for data, rc, marker in ((good, 0, "dataset "), (bad, 2, "no dataset written")):
+        code = ("import atexit, sys; atexit.register(lambda: print('atexit ran', file=sys.stderr)); "
+                f"sys.argv = ['fastprep', 'prepare', {str(data)!r}, '--tokenizer', {str(tokenizer_dir)!r}, "
+                f"'--out', {str(tmp_path / ('o' + str(rc)))!r}]; "
+                "from fastprep.cli import main; sys.exit(main())")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert r.returncode == rc, r.stderr
+        assert "atexit ran" in r.stderr and marker in (r.stdout + r.stderr)
