@@ -12,18 +12,34 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .dataset.format import DatasetError, Manifest, PackedDataset, open_dataset
-from .dataset.verify import verify
-from .pipeline.config import DedupeConfig, PrepareConfig, Recipe, RunOptions
-from .pipeline.run import PrepareStats, prepare
-from .stages.clean import CleanConfig
-from .stages.pack import PackConfig, PackPlan, fill_rows, plan
-from .stages.read import ReadConfig
-from .stages.records import RecordConfig
-from .stages.tokenize import TokenizeConfig, TokenizerBundle
+
+# name -> the module that defines it. Imported on first use (PEP 562): a worker process
+# unpickling its task function imports this package first, and an eager API would load the
+# whole driver (run, merge, writers) in every worker.
+_API = {
+    "DatasetError": "dataset.format", "Manifest": "dataset.format", "PackedDataset": "dataset.format",
+    "open_dataset": "dataset.format", "verify": "dataset.verify",
+    "DedupeConfig": "pipeline.config", "PrepareConfig": "pipeline.config",
+    "Recipe": "pipeline.config", "RunOptions": "pipeline.config",
+    "PrepareStats": "pipeline.run", "prepare": "pipeline.run",
+    "CleanConfig": "stages.clean", "PackConfig": "stages.pack", "PackPlan": "stages.pack",
+    "fill_rows": "stages.pack", "plan": "stages.pack", "ReadConfig": "stages.read",
+    "RecordConfig": "stages.records", "TokenizeConfig": "stages.tokenize",
+    "TokenizerBundle": "stages.tokenize",
+    "MinHashConfig": "dedupe.minhash",  # imports numba and pyarrow: only when asked for
+}
 
 if TYPE_CHECKING:
+    from .dataset.format import DatasetError, Manifest, PackedDataset, open_dataset
+    from .dataset.verify import verify
     from .dedupe.minhash import MinHashConfig
+    from .pipeline.config import DedupeConfig, PrepareConfig, Recipe, RunOptions
+    from .pipeline.run import PrepareStats, prepare
+    from .stages.clean import CleanConfig
+    from .stages.pack import PackConfig, PackPlan, fill_rows, plan
+    from .stages.read import ReadConfig
+    from .stages.records import RecordConfig
+    from .stages.tokenize import TokenizeConfig, TokenizerBundle
 
 __all__ = [
     "CleanConfig", "DatasetError", "DedupeConfig", "Manifest", "MinHashConfig", "PackConfig",
@@ -34,8 +50,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "MinHashConfig":  # minhash imports numba and pyarrow: only when asked for
-        from .dedupe.minhash import MinHashConfig
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastprep' has no attribute {name!r}")
+    import importlib
 
-        return MinHashConfig
-    raise AttributeError(f"module 'fastprep' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -203,3 +203,22 @@ def test_readme_layout_matches_the_tree() -> None:
         assert f"{name}" in layout, f"{m} is missing from the README's Layout"
     for w in ("dataset/", "stages/", "dedupe/", "pipeline/", "kernels/", "train/"):
         assert w in layout
+
+
+def test_public_api_is_lazy_and_complete() -> None:
+    """Every public name resolves, __all__ lists exactly them, and importing the package loads
+    none of the driver (a worker unpickling its task function imports the package first)."""
+    import subprocess
+    import sys
+
+    import fastprep
+
+    for name in fastprep.__all__:
+        assert getattr(fastprep, name) is not None
+    with pytest.raises(AttributeError):
+        fastprep.not_a_name  # noqa: B018
+    code = ("import sys, fastprep.pipeline.tasks; "
+            "bad = [m for m in ('fastprep.pipeline.run', 'fastprep.pipeline.merge', 'numba', "
+            "'importlib.metadata', 'pyarrow') if m in sys.modules]; print(bad)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr

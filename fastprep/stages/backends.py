@@ -27,7 +27,6 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Protocol
 
 import numpy as np
@@ -51,6 +50,8 @@ class Backend(Protocol):
 
 
 def _version(dist: str) -> str:
+    from importlib import metadata  # ~15 ms of imports: only when a version is asked for
+
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
