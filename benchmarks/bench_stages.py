@@ -36,19 +36,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus as corpus_mod
 
 WRAPPER = r"""
-import json, resource, sys, runpy
+import atexit, json, resource, sys, runpy
+
+
+def report():  # at exit: fastprep's CLI ends a finished prepare with os._exit after atexit
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    # VmHWM, not ru_maxrss: that one starts from the parent's peak at the fork (see bench_prepare)
+    with open("/proc/self/status") as f:
+        hwm = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
+    print("RUSAGE " + json.dumps({"self": s.ru_utime + s.ru_stime, "children": c.ru_utime + c.ru_stime,
+                                  "self_maxrss_mb": hwm / 1024}), file=sys.stderr, flush=True)
+
+
+atexit.register(report)
 sys.argv = ["fastprep"] + sys.argv[1:]
-try:
-    runpy.run_module("fastprep", run_name="__main__")
-except SystemExit as e:
-    if e.code not in (0, None):
-        raise
-s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-# VmHWM, not ru_maxrss: that one starts from the parent's peak at the fork (see bench_prepare)
-with open("/proc/self/status") as f:
-    hwm = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
-print("RUSAGE " + json.dumps({"self": s.ru_utime + s.ru_stime, "children": c.ru_utime + c.ru_stime,
-                              "self_maxrss_mb": hwm / 1024}), file=sys.stderr)
+runpy.run_module("fastprep", run_name="__main__")
 """
 
 
