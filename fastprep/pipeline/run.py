@@ -48,7 +48,7 @@ from ..stages.records import CHAT, KIND_NAMES
 from ..stages.tokenize import TokenizerBundle, TokenizerError
 from ..stages.backends import BackendError, support
 from . import outdir
-from .backend import BackendChoice, choose, first_documents, preload_backend
+from .backend import BackendChoice, choose, first_documents, preload_backend, release_backends
 from .config import PrepareConfig
 from .executor import (ExecutorOptions, Hooks, Workers, available_cores, exit_if_importing_main,
                        runs_inline)
@@ -238,6 +238,8 @@ def _merge_tasks(run: _Run, pool: Workers, merger: Merger, quarantine: Quarantin
     if done:
         run.notes.append(f"resumed an interrupted run: {len(done)} of {len(run.tasks)} tasks were "
                          f"already done")
+    if not runs_inline(pool.opts, len(run.tasks) - len(done)):
+        release_backends()  # the gate is done; tasks encode in the workers
     if run.warm is None:
         warm_kernels(*_warm_args(run.cfg, run.bundle))
     elif run.cfg.recipe.dedupe.minhash is not None and runs_inline(pool.opts, len(run.tasks) - len(done)):

@@ -135,13 +135,13 @@ _FAST_PRE_TOKENIZERS = {None, "ByteLevel", "Split", "Sequence", "Digits", "Metas
                         "Punctuation", "Whitespace", "WhitespaceSplit"}
 
 
-def _types(node: Any, key: str) -> list[str | None]:
+def pipeline_types(node: Any, key: str) -> list[str | None]:
     """The ``type`` of a pipeline element and of every element of a ``Sequence`` in it."""
     if node is None:
         return [None]
     out = [node.get("type")]
     for child in node.get(key, []) or []:
-        out += _types(child, key)
+        out += pipeline_types(child, key)
     return out
 
 
@@ -157,10 +157,10 @@ def support(cfg: dict[str, Any] | str, name: str) -> str | None:
         return f"model {model.get('type')} (only BPE is supported)"
     if model.get("dropout") not in (None, 0, 0.0):
         return "BPE dropout (not deterministic)"
-    for t in _types(cfg.get("normalizer"), "normalizers"):
+    for t in pipeline_types(cfg.get("normalizer"), "normalizers"):
         if t not in _FAST_NORMALIZERS:
             return f"normalizer {t}"
-    for t in _types(cfg.get("pre_tokenizer"), "pretokenizers"):
+    for t in pipeline_types(cfg.get("pre_tokenizer"), "pretokenizers"):
         if t not in _FAST_PRE_TOKENIZERS:
             return f"pre-tokenizer {t}"
     for pattern in _split_patterns(cfg.get("pre_tokenizer")):

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Backend, HFBackend
+from .backends import Backend, HFBackend, pipeline_types
 from .chat import TemplateError
 from .records import PROMPT, TEXT, Doc
 from .tokenize import TokenizerBundle
@@ -84,7 +84,7 @@ def _byte_lengths(cfg: dict[str, Any], vocab_size: int) -> np.ndarray | None:
     """Byte length of each token of a byte-level BPE vocabulary (None for other models)."""
     model = cfg.get("model") or {}
     if (model.get("type") != "BPE" or model.get("byte_fallback")
-            or "ByteLevel" not in _types(cfg.get("pre_tokenizer"), "pretokenizers")):
+            or "ByteLevel" not in pipeline_types(cfg.get("pre_tokenizer"), "pretokenizers")):
         return None
     # every character of the byte-level alphabet stands for one byte; anything else (added
     # tokens are raw text) counts its UTF-8 bytes
@@ -97,15 +97,6 @@ def _byte_lengths(cfg: dict[str, Any], vocab_size: int) -> np.ndarray | None:
     for t in cfg.get("added_tokens") or []:
         if int(t["id"]) < vocab_size:
             out[int(t["id"])] = len(t["content"].encode("utf-8", "surrogatepass"))
-    return out
-
-
-def _types(node: Any, key: str) -> list[str | None]:
-    if node is None:
-        return [None]
-    out = [node.get("type")]
-    for child in node.get(key, []) or []:
-        out += _types(child, key)
     return out
 
 
@@ -179,8 +170,8 @@ class Splitter:
     """
 
     def __init__(self, cfg: dict[str, Any], reference: HFBackend) -> None:
-        pre = _types(cfg.get("pre_tokenizer"), "pretokenizers")
-        norms = {t for t in _types(cfg.get("normalizer"), "normalizers") if t not in (None, "Sequence")}
+        pre = pipeline_types(cfg.get("pre_tokenizer"), "pretokenizers")
+        norms = {t for t in pipeline_types(cfg.get("normalizer"), "normalizers") if t not in (None, "Sequence")}
         self.reference = reference
         self.ok = ((cfg.get("model") or {}).get("type") == "BPE" and "ByteLevel" in pre
                    and "Metaspace" not in pre and norms <= {"NFC", "NFKC"})
@@ -222,7 +213,7 @@ class Encoder:
         self._token_bytes: np.ndarray | None | bool = False  # computed at the first chat
         # Byte lengths place tokens in the text only where the normalizer left it unchanged:
         # none, or Unicode forms the text already has (checked per chat).
-        norms = [t for t in _types(cfg.get("normalizer"), "normalizers") if t not in (None, "Sequence")]
+        norms = [t for t in pipeline_types(cfg.get("normalizer"), "normalizers") if t not in (None, "Sequence")]
         self.unicode_forms = norms if set(norms) <= {"NFC", "NFD", "NFKC", "NFKD"} else None
         self.chat_paths: Counter[str] = Counter()  # chats placed by byte lengths / by offsets
         self.splitter = Splitter(cfg, self.reference)
