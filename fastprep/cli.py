@@ -1,4 +1,4 @@
-"""The ``fastprep`` command: prepare, inspect, verify, sample, train.
+"""The ``fastprep`` command: prepare, bench, inspect, verify, sample, train.
 
 Errors a user can fix (missing input, unreadable tokenizer, impossible configuration, a bad record
 under ``--strict``, a full disk) print one line and exit with status 2 (1 for disk errors), never
@@ -23,11 +23,20 @@ from .flags import add_options, from_args
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
     """The prepare flags, derived from the recipe's and the run options' fields."""
-    from .dedupe.minhash import MinHashConfig
-    from .pipeline.config import Recipe, RunOptions
+    from .pipeline.config import RunOptions
 
     p = sub.add_parser("prepare", help="tokenize, deduplicate and pack a corpus into a dataset folder",
                        description="read -> clean -> dedupe -> tokenize -> pack -> write")
+    _add_recipe(p)
+    add_options(p.add_argument_group("run"), RunOptions, "run__")
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+
+
+def _add_recipe(p: argparse.ArgumentParser) -> None:
+    """The flags of the recipe (inputs, records, cleaning, tokenizer, packing) and dedupe."""
+    from .dedupe.minhash import MinHashConfig
+    from .pipeline.config import Recipe
+
     add_options(p, Recipe)
     g = p.add_argument_group("deduplication")
     g.add_argument("--dedupe", choices=["none", "exact", "minhash"], default="exact",
@@ -35,12 +44,41 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     add_options(g, MinHashConfig, "minhash__")
     # --seed seeded MinHash too before --minhash-seed existed: None tells "not given"
     p.set_defaults(minhash__seed=None)
-    add_options(p.add_argument_group("run"), RunOptions, "run__")
-    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
 
 
-def config_from_args(a: argparse.Namespace) -> Any:
-    """The :class:`fastprep.PrepareConfig` of parsed ``prepare`` arguments."""
+# run options that mean nothing for a benchmark's temporary dataset
+_BENCH_SKIPS = ("out", "executor", "ray_address", "ray_cpus_per_task", "dedupe_report", "id_field",
+                "strict", "overwrite", "resume", "progress", "quiet")
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from .pipeline.config import RunOptions
+
+    p = sub.add_parser("bench", help="measure engines, prepare's stages, packing and the loader "
+                       "on a sample of your data", description="throughput of this corpus, "
+                       "tokenizer and sequence lengths, side by side in one run; writes only "
+                       "to a temporary folder and --json")
+    _add_recipe(p)
+    seq = p._option_string_actions["--seq-len"]  # the recipe's flag, here for several lengths
+    seq.nargs, seq.default = "+", [seq.default]
+    seq.help = "row lengths to pack (the first one is prepared and loaded)"
+    add_options(p.add_argument_group("run"), RunOptions, "run__", skip=_BENCH_SKIPS)
+    g = p.add_argument_group("benchmark")
+    g.add_argument("--mb", type=float, default=100.0, help="size of the sample in MB of input")
+    g.add_argument("--sample", choices=["first", "seeded"], default="first",
+                   help="first: the inputs' first --mb MB; seeded: spread over the inputs")
+    g.add_argument("--sample-seed", type=int, default=0, help="seed of --sample seeded")
+    g.add_argument("--batch-size", type=int, default=8, help="loader batch size (rows)")
+    g.add_argument("--loader-batches", type=int, default=200, help="batches the loader is timed over")
+    g.add_argument("--work-dir", default=None,
+                   help="where the temporary sample and dataset go (default: the system's temp)")
+    g.add_argument("--json", metavar="FILE", default=None, help="also write the report as JSON here")
+    g.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+
+
+def config_from_args(a: argparse.Namespace, **run: Any) -> Any:
+    """The :class:`fastprep.PrepareConfig` of parsed ``prepare`` arguments (``run`` sets run
+    options directly)."""
     from .dedupe.minhash import MinHashConfig
     from .pipeline.config import DedupeConfig, PrepareConfig, Recipe, RunOptions
 
@@ -54,7 +92,7 @@ def config_from_args(a: argparse.Namespace) -> Any:
         minhash = from_args(MinHashConfig, a, "minhash__", seed=seed or 0)
     dedupe = DedupeConfig(exact=a.dedupe != "none", minhash=minhash)
     return PrepareConfig(recipe=from_args(Recipe, a, dedupe=dedupe),
-                         run=from_args(RunOptions, a, "run__"))
+                         run=from_args(RunOptions, a, "run__", **run))
 
 
 def _fmt(n: Any) -> str:
@@ -129,6 +167,26 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import BenchOptions, render, run_bench
+
+    seq_lens = tuple(a.pack__seq_len)
+    a.pack__seq_len = seq_lens[0]
+    opts = BenchOptions(seq_lens=seq_lens, mb=a.mb, sample=a.sample, seed=a.sample_seed,
+                        batch_size=a.batch_size, loader_batches=a.loader_batches,
+                        work_dir=a.work_dir, progress=not a.quiet and sys.stderr.isatty())
+    # the output folder is the benchmark's temporary one; this placeholder is replaced there
+    cfg = config_from_args(a, out="(temporary)")
+    report = run_bench(cfg, opts)
+    if a.json:
+        from .io import atomic_write_bytes
+
+        atomic_write_bytes(Path(a.json), (json.dumps(report, indent=2) + "\n").encode())
+    if not a.quiet:
+        print(render(report))
+    return 0
+
+
 def cmd_inspect(a: argparse.Namespace) -> int:
     import numpy as np
 
@@ -200,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastprep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
+    _add_bench(sub)
     p = sub.add_parser("inspect", help="counts, efficiency, dtypes and a decoded sample row")
     p.add_argument("path")
     p.add_argument("--row", type=int, default=0)
@@ -234,7 +293,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prepare": cmd_prepare, "inspect": cmd_inspect, "verify": cmd_verify,
+COMMANDS = {"prepare": cmd_prepare, "bench": cmd_bench, "inspect": cmd_inspect, "verify": cmd_verify,
             "sample": cmd_sample, "train": cmd_train}
 
 

@@ -95,6 +95,7 @@ class RunOptions:
     progress: bool | None = option(None, "show a progress bar (default: when stderr is a "
                                    "terminal)")
     quiet: bool = option(False, "no progress bar, notes or summary: only warnings and errors")
+    collect_lengths: bool = option(False, cli=False)  # PrepareStats.lengths (fastprep bench)
     exceed_model_max: bool = option(
         False, "allow --seq-len above the model's maximum (tokenizer_config.json / config.json), "
         "e.g. for a context extension")

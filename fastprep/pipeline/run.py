@@ -78,6 +78,9 @@ class PrepareStats:
     # MinHash method and its costs: "stream" (index_bytes, bytes_per_doc, sets_file_bytes) or
     # "shuffle" (partitions, candidate_pairs, verified_pairs, files_bytes); empty without MinHash
     near_dedupe: dict[str, Any] = field(default_factory=dict)
+    # the token count of every kept document in input order, with ``collect_lengths`` (what
+    # ``fastprep bench`` packs at other lengths and modes); not part of to_dict
+    lengths: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": self.out, "counts": self.counts, "packing": self.packing, "seconds": self.seconds,
@@ -100,6 +103,7 @@ class _Run:
     backend: BackendChoice
     warm: threading.Thread | None = None  # loading the driver's numba kernels
     this_run: dict[str, int] = field(default_factory=dict)
+    lengths: np.ndarray | None = None  # kept documents' token counts (collect_lengths)
 
     @property
     def ids_dt(self) -> np.dtype:
@@ -286,8 +290,10 @@ def _consume(run: _Run, tasks: Iterator[Task], done: set[int], merger: Merger,
     run.this_run = fresh
     report = run.task_spec().report_id_field
     for task in tasks:
+        t = time.perf_counter()
         res = _load(task, run.work, run.ids_dt.itemsize, report)
         kept_tokens = merger.add(res)
+        merger.seconds["merge"] += time.perf_counter() - t  # the driver's own per-task work
         if task.index not in done:
             fresh["records"] += res.counts.records_read
             fresh["text_bytes"] += res.counts.text_bytes
@@ -312,6 +318,8 @@ def _write(run: _Run, spill: RunSpill, writer: ShardWriter, block: int,
     np.cumsum(lengths, out=doc_offsets[1:])
     del lengths
     packing = plan(planned, run.cfg.recipe.pack)  # removed duplicates have length 0: no piece
+    if run.cfg.run.collect_lengths:
+        run.lengths = planned[planned > 0]
     del planned
     seconds["pack"] = time.perf_counter() - t
     progress.stage("write", packing.n_rows, "rows")
@@ -458,7 +466,7 @@ def _execute(run: _Run, pool: Workers, t_start: float) -> PrepareStats:
                             seconds={k: round(v, 3) for k, v in seconds.items()},
                             manifest=manifest, notes=run.notes, near_dedupe=near_out,
                             warnings=_warnings(manifest.counts, packing, cfg.recipe.pack),
-                            this_run=run.this_run)
+                            this_run=run.this_run, lengths=run.lengths)
     except BaseException:
         progress.close()
         quarantine.abort()
