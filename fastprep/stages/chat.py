@@ -13,12 +13,22 @@ closing marker; the difference is exactly what the model must generate, end-of-t
 included. Trailing whitespace after the marker is not a target. When a template is not
 prefix-stable (some rewrite earlier turns), the span falls back to the turn's content found in
 order in the full text.
+
+Prefix rendering costs two template renderings per assistant turn. Most templates treat a
+message's content as opaque text, so the renderings of a conversation are fixed text around the
+contents, decided by the roles alone. The first conversation of each role sequence is therefore
+also rendered with placeholder contents, and its renderings kept as fixed pieces and slots.
+Every later conversation of that shape is still rendered in full, once. If that text equals its
+pieces with the contents put in, the prefix renderings are built the same way, and the spans
+follow by the same rule without the template. Otherwise (a template that trims, tests or drops
+content) it goes the slow way.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -49,7 +59,14 @@ def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False, *
 
 
 class ChatRenderer:
-    def __init__(self, template: str, bos_token: str | None = None, eos_token: str | None = None) -> None:
+    MAX_SHAPES = 1024
+    """Role sequences whose placeholder renderings are kept (memory stays bounded when every
+    conversation has a shape of its own); later shapes render every prefix."""
+
+    def __init__(self, template: str, bos_token: str | None = None, eos_token: str | None = None,
+                 reuse_shapes: bool = True) -> None:
+        """``reuse_shapes=False`` renders every prefix with the template (the reference the
+        shape reuse is tested against)."""
         import jinja2
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -63,6 +80,8 @@ class ChatRenderer:
         except jinja2.TemplateError as e:
             raise TemplateError(f"chat template does not compile: {e}") from None
         self._vars = {"bos_token": bos_token or "", "eos_token": eos_token or ""}
+        self._shapes: dict[tuple[str, ...], _Shape | None] = {}
+        self._reuse = reuse_shapes
 
     def render(self, messages: list[tuple[str, str]], add_generation_prompt: bool = False) -> str:
         import jinja2
@@ -79,6 +98,40 @@ class ChatRenderer:
     def render_with_spans(self, messages: list[tuple[str, str]]) -> tuple[str, list[tuple[int, int]]]:
         """The full text and the [start, end) character spans of every assistant turn."""
         full = self.render(messages)
+        shape = self._shape(tuple(r for r, _ in messages)) if self._reuse else None
+        if shape is not None:
+            contents = [c for _, c in messages]
+            if shape.fill(shape.full, contents) == full:
+                return full, self._spans(messages, full, lambda i, gen: shape.fill(
+                    shape.before[i] if gen else shape.upto[i], contents))
+        return full, self._spans(messages, full, lambda i, gen: self.render(
+            messages[: i if gen else i + 1], add_generation_prompt=gen))
+
+    def _shape(self, roles: tuple[str, ...]) -> _Shape | None:
+        """The placeholder renderings of a role sequence (None: the template is not opaque to
+        content there, or renders it more than once)."""
+        if roles in self._shapes:
+            return self._shapes[roles]
+        shape = None
+        if len(self._shapes) < self.MAX_SHAPES:
+            marks = [f"{_MARK}{j}{_MARK}" for j in range(len(roles))]
+            ph = list(zip(roles, marks))
+            try:
+                full = _Shape.parse(self.render(ph), len(roles))
+                before = {i: _Shape.parse(self.render(ph[:i], add_generation_prompt=True), len(roles))
+                          for i, r in enumerate(roles) if r == "assistant"}
+                upto = {i: _Shape.parse(self.render(ph[: i + 1]), len(roles)) for i in before}
+            except TemplateError:
+                full = None
+            if full is not None and all(v is not None for v in (*before.values(), *upto.values())):
+                shape = _Shape(full, before, upto)  # type: ignore[arg-type]
+            self._shapes[roles] = shape
+        return shape
+
+    def _spans(self, messages: list[tuple[str, str]], full: str, prefix: Any) -> list[tuple[int, int]]:
+        """Assistant spans by prefix rendering; ``prefix(i, True)`` is the rendering of the
+        first ``i`` messages with the generation prompt, ``prefix(i, False)`` of the first
+        ``i + 1``."""
         spans: list[tuple[int, int]] = []
         cursor = 0
         for i, (role, content) in enumerate(messages):
@@ -86,8 +139,8 @@ class ChatRenderer:
                 continue
             span = None
             try:
-                before = self.render(messages[:i], add_generation_prompt=True)
-                upto = self.render(messages[: i + 1])
+                before = prefix(i, True)
+                upto = prefix(i, False)
                 if upto.startswith(before) and full.startswith(upto) and len(before) >= cursor:
                     end = len(upto.rstrip())
                     if end > len(before):
@@ -102,4 +155,37 @@ class ChatRenderer:
                 span = (start, start + len(content))
             spans.append(span)
             cursor = span[1]
-        return full, spans
+        return spans
+
+
+_MARK = "\ue000"  # placeholder contents: a private-use character around the message index
+_SLOT = re.compile(f"{_MARK}(\\d+){_MARK}")
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """A conversation shape's renderings as fixed text and content slots: ``pieces[0] +
+    contents[slots[0]] + pieces[1] + ...``."""
+
+    full: tuple[tuple[str, ...], tuple[int, ...]]
+    before: dict[int, tuple[tuple[str, ...], tuple[int, ...]]]
+    upto: dict[int, tuple[tuple[str, ...], tuple[int, ...]]]
+
+    @staticmethod
+    def parse(text: str, n: int) -> tuple[tuple[str, ...], tuple[int, ...]] | None:
+        """Pieces and slots of a placeholder rendering (a content may appear more than once,
+        or not at all). A template that changes content leaves pieces that do not fill into its
+        real rendering, which is checked for every conversation."""
+        parts = _SLOT.split(text)
+        pieces, slots = tuple(parts[0::2]), tuple(int(x) for x in parts[1::2])
+        if any(j >= n for j in slots):
+            return None  # the template's own text holds a placeholder: it cannot be filled
+        return pieces, slots
+
+    @staticmethod
+    def fill(layout: tuple[tuple[str, ...], tuple[int, ...]], contents: list[str]) -> str:
+        pieces, slots = layout
+        out = [pieces[0]]
+        for j, piece in zip(slots, pieces[1:]):
+            out += (contents[j], piece)
+        return "".join(out)

@@ -342,7 +342,7 @@ class Encoder:
                        ) -> tuple[np.ndarray, np.ndarray] | None:
         """Byte range ``[start, end)`` in ``text`` of every token (None: the backend's ids
         differ from the reference's offsets path, which sees both)."""
-        total = len(text.encode("utf-8", "surrogatepass"))
+        total = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
         if self.token_bytes is not None and self.unicode_forms is not None and all(
                 unicodedata.is_normalized(form, text) for form in self.unicode_forms):
             lens = self.token_bytes[np.concatenate(parts).astype(np.int64)]
@@ -380,6 +380,8 @@ class Encoder:
 
     @staticmethod
     def _byte_spans(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        if text.isascii():  # one byte per character
+            return spans
         char_bytes = _char_byte_offsets(text)
         return [(int(char_bytes[s]), int(char_bytes[e])) for s, e in spans]
 
