@@ -258,27 +258,14 @@ def make_sample(paths: tuple[str, ...], read: ReadConfig, opts: BenchOptions, fo
 
 def sample_texts(cfg: PrepareConfig) -> list[str]:
     """The texts the tokenizer encodes for the sample's usable documents."""
+    from .pipeline.backend import usable_documents
     from .stages.clean import Cleaner
     from .stages.read import read_all
-    from .stages.records import RecordError, RecordMapper
+    from .stages.records import RecordMapper
 
-    mapper, cleaner = RecordMapper(cfg.recipe.records), Cleaner(cfg.recipe.clean)
-    texts: list[str] = []
-    for raw in read_all(list(cfg.recipe.read.paths), cfg.recipe.read):
-        if raw.bad is not None:
-            continue
-        try:
-            doc = mapper(raw.value, raw.file, raw.line)
-            cleaner(doc)
-        except RecordError:
-            continue
-        if doc.kind == 0:
-            texts.append(doc.text)
-        elif doc.kind == 1:
-            texts += [doc.prompt, doc.completion]
-        else:
-            texts += [c for _, c in doc.messages]
-    return texts
+    raws = read_all(list(cfg.recipe.read.paths), cfg.recipe.read)
+    docs = usable_documents(raws, RecordMapper(cfg.recipe.records), Cleaner(cfg.recipe.clean))
+    return [t for doc in docs for t in doc.texts()]
 
 
 # ---- tokenizer engines on texts in memory ------------------------------------------------------

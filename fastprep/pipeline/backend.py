@@ -19,6 +19,7 @@ import itertools
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ import numpy as np
 from ..stages.backends import FAST, Backend, BackendError, ParityReport, compare, probe_texts, support
 from ..stages.clean import Cleaner, CleanConfig
 from ..stages.encode import BackendDisagreement, Encoder
-from ..stages.read import ReadConfig, read_file
+from ..stages.read import Raw, ReadConfig, read_file
 from ..stages.records import Doc, RecordConfig, RecordError, RecordMapper
 from ..stages.tokenize import TokenizerBundle
 
@@ -109,18 +110,11 @@ def first_documents(files: list[str], read: ReadConfig, records: RecordConfig,
     docs: list[Doc] = []
     chars = seen = 0
     for i, path in enumerate(files):
-        for raw in itertools.islice(read_file(path, i, read), 4 * limit):
+        for doc in usable_documents(itertools.islice(read_file(path, i, read), 4 * limit),
+                                    mapper, cleaner):
             if seen > 16 * GATE_CHARS:  # enough looked at (a file of huge records)
                 return docs
-            if raw.bad is not None:
-                continue
-            try:
-                doc = mapper(raw.value, raw.file, raw.line)
-                cleaner(doc)
-            except RecordError:
-                continue
-            n = len(doc.text) + len(doc.prompt) + len(doc.completion) + sum(
-                len(c) for _, c in doc.messages)
+            n = sum(map(len, doc.texts()))
             seen += n
             if chars + n > GATE_CHARS:
                 continue  # a huge document is the spot checks' business, not the gate's
@@ -129,6 +123,20 @@ def first_documents(files: list[str], read: ReadConfig, records: RecordConfig,
             if len(docs) >= limit:
                 return docs
     return docs
+
+
+def usable_documents(raws: Iterable[Raw], mapper: RecordMapper, cleaner: Cleaner) -> Iterator[Doc]:
+    """The documents of raw records, bad ones skipped without a count (a sample's view: the
+    tasks count and quarantine them)."""
+    for raw in raws:
+        if raw.bad is not None:
+            continue
+        try:
+            doc = mapper(raw.value, raw.file, raw.line)
+            cleaner(doc)
+        except RecordError:
+            continue
+        yield doc
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -293,14 +293,6 @@ def _raws(task: Task, cfg: ReadConfig) -> Iterator[Raw]:
     return read_file(task.path, task.file, cfg)
 
 
-def _doc_texts(doc: Doc) -> list[str]:
-    if doc.kind == 0:
-        return [doc.text]
-    if doc.kind == 1:
-        return [doc.prompt, doc.completion]
-    return [c for _, c in doc.messages]
-
-
 def _utf8_len(s: str) -> int:
     # isascii() reads a flag of the string object: ASCII text costs no encode
     return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
@@ -353,7 +345,7 @@ def _documents(raws: Iterable[Raw], st: dict[str, Any], counts: TaskCounts,
             bad.add(raw.line, e.reason, e.detail, raw.value)
             continue
         seconds["clean"] += clock() - t
-        texts = _doc_texts(doc)
+        texts = doc.texts()
         doc.chars = sum(map(len, texts))
         counts.text_chars += doc.chars
         counts.text_bytes += sum(map(_utf8_len, texts))

@@ -42,6 +42,15 @@ class Doc:
     messages: list[tuple[str, str]] = field(default_factory=list)
     chars: int = 0  # characters after cleaning (set by the task that reads it): batch sizing
 
+    def texts(self) -> list[str]:
+        """The texts the tokenizer encodes: the text, prompt and completion, or every message's
+        content."""
+        if self.kind == 0:
+            return [self.text]
+        if self.kind == 1:
+            return [self.prompt, self.completion]
+        return [c for _, c in self.messages]
+
 
 class RecordError(Exception):
     """A record that cannot become a document; ``reason`` feeds the counts."""

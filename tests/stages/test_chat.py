@@ -66,55 +66,49 @@ def test_shape_reuse_gives_the_spans_of_prefix_rendering(name: str) -> None:
     check()
 
 
+def _counting(r: ChatRenderer) -> list[int]:
+    """Count ``r``'s template renderings in the returned one-item list."""
+    calls = [0]
+    render = r.render
+
+    def counted(*args: object, **kw: object) -> str:
+        calls[0] += 1
+        return render(*args, **kw)  # type: ignore[arg-type]
+
+    r.render = counted  # type: ignore[method-assign]
+    return calls
+
+
 def test_shape_reuse_renders_once_per_conversation() -> None:
     """The point of the cache: after the first conversation of a role sequence, a conversation
     costs one template rendering, not two per assistant turn."""
     r = ChatRenderer(DEFAULT_CHAT_TEMPLATE)
-    calls = 0
-    render = r.render
-
-    def counted(*args: object, **kw: object) -> str:
-        nonlocal calls
-        calls += 1
-        return render(*args, **kw)  # type: ignore[arg-type]
-
-    r.render = counted  # type: ignore[method-assign]
+    calls = _counting(r)
     shape = [("system", "s"), ("user", "q"), ("assistant", "a"), ("user", "q2"), ("assistant", "a2")]
     r.render_with_spans(shape)
-    first = calls
-    calls = 0
+    first, calls[0] = calls[0], 0
     text, spans = r.render_with_spans([(role, c + " more") for role, c in shape])
-    assert calls == 1 and first > 1
+    assert calls[0] == 1 and first > 1
     assert [text[s:e] for s, e in spans] == ["a more<|im_end|>", "a2 more<|im_end|>"]
     # a template that changes content is never filled in: every prefix is rendered
     up = ChatRenderer(TEMPLATES["upper"])
-    calls = 0
-    up.render = counted  # type: ignore[method-assign]
-    render = ChatRenderer(TEMPLATES["upper"]).render
+    calls = _counting(up)
     up.render_with_spans(shape)
-    calls = 0
+    calls[0] = 0
     text, spans = up.render_with_spans(shape)
-    assert calls == 5 and [text[s:e] for s, e in spans] == ["A", "A2"]
+    assert calls[0] == 5 and [text[s:e] for s, e in spans] == ["A", "A2"]
 
 
 def test_shape_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ChatRenderer, "MAX_SHAPES", 2)
     r = ChatRenderer(DEFAULT_CHAT_TEMPLATE)
-    calls = 0
-    render = r.render
-
-    def counted(*args: object, **kw: object) -> str:
-        nonlocal calls
-        calls += 1
-        return render(*args, **kw)  # type: ignore[arg-type]
-
-    r.render = counted  # type: ignore[method-assign]
+    calls = _counting(r)
     shapes = [[("user", "q")] + [("assistant", "a")] * k for k in (1, 2, 3)]
     for conv in shapes:
         r.render_with_spans(conv)
     costs = []
     for conv in shapes:
-        calls = 0
+        calls[0] = 0
         r.render_with_spans(conv)
-        costs.append(calls)
+        costs.append(calls[0])
     assert costs == [1, 1, 1 + 2 * 3]  # the third shape was never kept
