@@ -310,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
 def _exit_now(rc: int) -> None:
     """End the process without the interpreter's finalisation. Everything of the run is
     already closed and renamed into place; what remains is tearing down numba's and LLVM's
-    loaded kernels and the module graph, ~0.15 s measured on a run's ~0.75 s over a 1 MB input
-    (benchmarks/README.md, start-up). atexit handlers still run and the standard streams are
+    loaded kernels and the module graph, a noticeable part of a short run (benchmarks/README.md,
+    "Component figures"). atexit handlers still run and the standard streams are
     flushed; non-daemon threads are none of ours (the pools were shut down)."""
     import atexit
 

@@ -49,10 +49,9 @@ class AtomicFile:
 
     def __init__(self, path: str | os.PathLike[str], direct: bool = False) -> None:
         """``direct``: write whole aligned blocks past the page cache (``O_DIRECT``, Linux),
-        for large sequential outputs such as shards: on this project's machine buffered writes
-        run at ~420 MB/s once the first 100 MB are cached and direct ones at ~2.8 GB/s
-        (``benchmarks/README.md``). Anything unaligned, and filesystems without ``O_DIRECT``,
-        are written the usual way."""
+        for large sequential outputs such as shards: buffered writes slow down once the page
+        cache fills, direct ones do not (``benchmarks/README.md``, "Component figures").
+        Anything unaligned, and filesystems without ``O_DIRECT``, are written the usual way."""
         self.path = Path(path)
         self.tmp = temp_path(self.path)
         self._direct = -1

@@ -76,7 +76,8 @@ def preload_backend(name: str, raw: bytes, wait: bool = True) -> Backend | None:
 
 def release_backends() -> None:
     """Drop this process's fast backend (the driver's, once the gate is done and the tasks run
-    in workers: ~60 MiB of fastokens tables and caches, measured, that no longer serve)."""
+    in workers: its tables and caches no longer serve; ``benchmarks/README.md``, "Component
+    figures")."""
     with _LOCK:
         _OPEN.clear()
 

@@ -50,7 +50,7 @@ class Backend(Protocol):
 
 
 def _version(dist: str) -> str:
-    from importlib import metadata  # ~15 ms of imports: only when a version is asked for
+    from importlib import metadata  # a costly import: only when a version is asked for
 
     try:
         return metadata.version(dist)
