@@ -159,10 +159,24 @@ def read_ranges(f: IO[bytes], starts: np.ndarray, lens: np.ndarray, out: np.ndar
     view = memoryview(out).cast("B")
     pos = 0
     size = out.dtype.itemsize
+    # one positioned read per run where the OS has it (no seek, no buffer copy: the write
+    # stage makes one call per packed piece)
+    preadv = getattr(os, "preadv", None)
+    fd = f.fileno() if preadv is not None else -1
     for i, j in zip(first.tolist(), last.tolist()):
         nbytes = int(ends[j] - starts[i]) * size
-        f.seek(offset + int(starts[i]) * size)
-        if f.readinto(view[pos:pos + nbytes]) != nbytes:
+        at = offset + int(starts[i]) * size
+        if preadv is not None:
+            got = 0
+            while got < nbytes:  # a read may return less than asked before the end
+                k = preadv(fd, [view[pos + got:pos + nbytes]], at + got)
+                if k <= 0:
+                    break  # end of file: a truncated work file, reported below
+                got += k
+        else:
+            f.seek(at)
+            got = f.readinto(view[pos:pos + nbytes])
+        if got != nbytes:
             raise OSError(f"{f.name} is shorter than expected (truncated work file)")
         pos += nbytes
     return out

@@ -75,6 +75,28 @@ def test_read_ranges_merges_adjacent_ranges(tmp_path: Path) -> None:
         read_ranges(f, np.array([98]), np.array([5]), out)
 
 
+@pytest.mark.parametrize("os_read", ["short", "no-preadv"])
+def test_read_ranges_reads_on_after_short_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                os_read: str) -> None:
+    """A positioned read may return fewer bytes than asked (bug caught: the rest of the range
+    left as whatever the buffer held); without ``os.preadv`` the file is read the usual way."""
+    import os
+
+    data = np.arange(100, dtype=np.uint32)
+    (tmp_path / "d.bin").write_bytes(data.tobytes())
+    if os_read == "short":
+        real = os.preadv
+        monkeypatch.setattr(os, "preadv", lambda fd, bufs, at: real(fd, [bufs[0][:3]], at))
+    else:
+        monkeypatch.delattr(os, "preadv", raising=False)
+    out = np.zeros(20, np.uint32)
+    with open(tmp_path / "d.bin", "rb") as f:
+        got = read_ranges(f, np.array([3, 5, 50, 90]), np.array([2, 3, 1, 4]), out)
+    assert got.tolist() == [3, 4, 5, 6, 7, 50, 90, 91, 92, 93]
+    with open(tmp_path / "d.bin", "rb") as f, pytest.raises(OSError, match="shorter"):
+        read_ranges(f, np.array([98]), np.array([5]), out)
+
+
 def test_direct_writes_are_exact_with_an_unaligned_tail(tmp_path: Path) -> None:
     """Shards go past the page cache in aligned blocks and the usual way for the rest (bug
     caught: a tail not a multiple of the block size rejected, or written twice)."""
