@@ -12,10 +12,11 @@ in a fresh subprocess (default options otherwise, ``--no-progress``) and, from i
   in-process) and of its workers (``RUSAGE_CHILDREN``), so the driver's sequential share per
   document is measured, not guessed: deduplication in input order, the token spill, packing
   and writing all run there;
-- the driver's CPU microseconds per document and per MB, and from them the number of workers one
-  driver can keep fed: ``worker MB/s`` (this run's text MB over the workers' CPU seconds) against
-  ``driver MB/s`` (text MB over the driver's CPU seconds). This is the figure that decides
-  whether a 64-core machine is served by one driver.
+- the driver's CPU microseconds per document and per MB; and, split by when it happens, the
+  driver's merge during the task phase (what must keep up with the workers: the number of
+  workers it keeps fed is the workers' CPU per MB over the merge's seconds per MB) and the pack
+  and write stage after the last task (a serial tail, given as MB/s). These decide whether a
+  64-core machine is served by one driver.
 
 The corpus and tokenizer come from :mod:`corpus` (cached in ``benchmarks/.cache``). One run per
 case: the machine is shared, so read the ratios, not single seconds.
@@ -94,6 +95,7 @@ def main() -> None:
                        "tokenize": sec.get("tokenize", 0.0),
                        "signatures": sec.get("minhash_signatures", 0.0),
                        "pack": sec.get("pack", 0.0), "write": sec.get("write", 0.0),
+                       "merge": sec.get("merge", 0.0),
                        "driver_cpu": driver_cpu, "worker_cpu": worker_cpu, "docs": docs,
                        "driver_us_per_doc": driver_cpu / docs * 1e6,
                        "driver_mb_s": text_mb / driver_cpu,
@@ -128,8 +130,16 @@ def main() -> None:
             drv = (hi["driver_cpu"] - lo["driver_cpu"]) / d_mb
             wrk = (hi["worker_cpu"] - lo["worker_cpu"]) / d_mb
             per_doc = (hi["driver_cpu"] - lo["driver_cpu"]) / (hi["docs"] - lo["docs"]) * 1e6
-            print(f"  {dedupe}, {w} workers: driver {drv:.3f} CPU-s/MB ({per_doc:.0f} µs/doc), "
-                  f"workers {wrk:.3f} CPU-s/MB -> one driver feeds ~{wrk / drv:.0f} workers")
+            merge = (hi["merge"] - lo["merge"]) / d_mb
+            tail = (hi["pack"] + hi["write"] - lo["pack"] - lo["write"]) / d_mb
+            merge_doc = (hi["merge"] - lo["merge"]) / (hi["docs"] - lo["docs"]) * 1e6
+            print(f"  {dedupe}, {w} workers: driver {drv:.3f} CPU-s/MB ({per_doc:.0f} µs/doc) in "
+                  f"all, workers {wrk:.3f} CPU-s/MB")
+            # during the task phase the driver only merges (in task order): that is what must
+            # keep up with the workers; packing and writing come after the last task
+            print(f"    merge during the task phase {merge:.4f} s/MB ({merge_doc:.1f} µs/doc) -> "
+                  f"keeps ~{wrk / max(merge, 1e-9):.0f} workers fed; pack + write after the "
+                  f"tasks {tail:.4f} s/MB (a serial tail of ~{1 / max(tail, 1e-9):.0f} MB/s)")
 
 
 if __name__ == "__main__":
