@@ -40,7 +40,9 @@ from ..dataset.format import PackedDataset, open_dataset
 
 Batch = dict[str, Any]
 """A collated batch: tensors under ``input_ids``, ``labels``, ``position_ids``, ``attention_mask``,
-``segment_ids``, ``cu_seqlens``; Python ints under ``max_seqlen``, ``n_targets`` (labels != -100)
+``segment_ids``, ``cu_seqlens``, ``cu_runs`` (every run of the flattened batch, padding included:
+the flash-attention varlen arguments); Python ints under ``max_seqlen``, ``max_run``,
+``n_targets`` (labels != -100)
 and ``n_tokens`` (non-padding tokens)."""
 
 class PackedRows(Dataset):
@@ -101,6 +103,7 @@ def collate(samples: Sequence[dict[str, np.ndarray]] | dict[str, np.ndarray]) ->
                  if "loss_mask" in stacked else None)
     lab = masks.labels(input_ids, segment_ids, loss_mask)
     cu, max_len = masks.cu_seqlens(segment_ids)
+    runs, max_run = masks.run_seqlens(segment_ids)
     attn = masks.attention_mask(segment_ids)
     return {
         "input_ids": input_ids,
@@ -110,6 +113,8 @@ def collate(samples: Sequence[dict[str, np.ndarray]] | dict[str, np.ndarray]) ->
         "segment_ids": segment_ids,
         "cu_seqlens": cu,
         "max_seqlen": max_len,
+        "cu_runs": runs,
+        "max_run": max_run,
         "n_targets": int((lab != masks.IGNORE_INDEX).sum()),
         "n_tokens": int(attn.sum()),
     }

@@ -11,7 +11,8 @@ The rest is the standard recipe, each piece chosen for a reason:
 
 - AdamW (fused kernel on CUDA), weight decay on matrices only (not on norms/biases), linear warm-up
   then cosine decay to ``min_lr_ratio * lr``; gradient clipping by global norm.
-- fp32 master weights with bf16 autocast on GPU (``--dtype auto``); fp32 on CPU.
+- fp32 master weights with bf16 autocast on GPU (``--dtype auto``); fp32 on CPU; ``--dtype
+  float16`` with dynamic loss scaling (``GradScaler``, its state in checkpoints).
 - Document masking through the attention implementation in use
   (:func:`fastprep.train.masks.model_inputs`).
 - Optional ``torch.compile``.
@@ -85,8 +86,10 @@ def loss_sum(model: torch.nn.Module, batch: Batch, attn_implementation: str,
              autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Sum (not mean) of the cross-entropy over the batch's real targets, in float32."""
     device = batch["input_ids"].device
+    runs = (batch["cu_runs"], batch["max_run"]) if "cu_runs" in batch else None
     kwargs = masks.model_inputs(batch["input_ids"], batch["segment_ids"], batch["position_ids"],
-                                attn_implementation, dtype=autocast_dtype or torch.float32)
+                                attn_implementation, dtype=autocast_dtype or torch.float32,
+                                runs=runs)
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                         enabled=autocast_dtype is not None):
         logits = model(**kwargs, use_cache=False).logits
@@ -98,13 +101,16 @@ def loss_sum(model: torch.nn.Module, batch: Batch, attn_implementation: str,
 def accumulate_gradients(model: torch.nn.Module, micro_batches: Sequence[Batch], *,
                          attn_implementation: str, autocast_dtype: torch.dtype | None = None,
                          total_targets: int | torch.Tensor | None = None,
-                         grad_scale: float = 1.0) -> torch.Tensor:
+                         grad_scale: float = 1.0,
+                         scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """Backward over ``micro_batches`` so ``.grad`` equals that of one batch holding all of them.
 
     Each micro-batch contributes ``loss_sum / total_targets``, where ``total_targets`` defaults to
     the targets of all micro-batches together; under DDP pass the all-ranks count and
     ``grad_scale=world_size`` (DDP averages over ranks). A model with ``no_sync`` (DDP) only
-    all-reduces on the last micro-batch. Returns the detached step loss (sum / total targets).
+    all-reduces on the last micro-batch. With ``scaler`` (float16), the backward runs on the
+    scaled loss (the caller unscales before clipping). Returns the detached step loss (sum /
+    total targets).
     """
     if total_targets is None:
         total_targets = sum(int(b["n_targets"]) for b in micro_batches)
@@ -116,7 +122,8 @@ def accumulate_gradients(model: torch.nn.Module, micro_batches: Sequence[Batch],
         sync = model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()
         with sync:
             s = loss_sum(model, batch, attn_implementation, autocast_dtype)
-            (s * (grad_scale / denom)).backward()
+            term = s * (grad_scale / denom)
+            (scaler.scale(term) if scaler is not None else term).backward()
         total += s.detach()
     return total / denom
 
@@ -148,6 +155,9 @@ class _Trainer:
     n_params: int
     peak: float                   # TFLOP/s for MFU; 0 = unknown (CPU)
     total_steps: int
+    # float16 loss scaling (its range cannot hold small gradients); disabled otherwise, when
+    # its calls pass straight through
+    scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler(enabled=False))
     step: int = 0
 
     def save(self) -> Path:
@@ -157,6 +167,7 @@ class _Trainer:
                 "step": self.step, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "loader": self.loader.state_dict(), "rng": rng_state(),
+                "scaler": self.scaler.state_dict(),
                 "config": dataclasses.asdict(self.cfg), "world_size": self.dist.world_size,
             })
             for old in list_checkpoints(self.out)[:-self.cfg.keep_last]:
@@ -173,6 +184,8 @@ class _Trainer:
         # from the fields LambdaLR pickled with the checkpoint; only its step count is restored.
         self.scheduler.lr_lambdas[0] = self._schedule()
         self.loader.load_state_dict(state["loader"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
 
@@ -211,8 +224,10 @@ def _setup(cfg: TrainConfig, d: Dist) -> _Trainer:
         optimizer, WarmupCosine(cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
     peak = (cfg.peak_tflops or peak_tflops(torch.cuda.get_device_name(device)) or 0.0) \
         if device.type == "cuda" else 0.0
+    amp = autocast_dtype(cfg.dtype, device)
     t = _Trainer(cfg, d, device, out, model, model, optimizer, scheduler, loader, attn,
-                 autocast_dtype(cfg.dtype, device), count_parameters(model), peak, total_steps)
+                 amp, count_parameters(model), peak, total_steps,
+                 scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16))
     if resume_from is not None:
         t.resume(resume_from)
     if d.enabled:
@@ -268,16 +283,19 @@ def _train_step(t: _Trainer, batches: Iterator[Batch], meter: _Meter
         # The global count stays on the device: dividing by it needs no host sync.
         targets = t.dist.all_reduce(torch.tensor(float(local_targets), device=t.device))
         loss = accumulate_gradients(t.fwd, micro, attn_implementation=t.attn, autocast_dtype=t.amp,
-                                    total_targets=targets, grad_scale=float(t.dist.world_size))
+                                    total_targets=targets, grad_scale=float(t.dist.world_size),
+                                    scaler=t.scaler)
         # Each rank returned (its loss sum) / (global targets): the sum is the global loss.
         loss = t.dist.all_reduce(loss)
     else:
         loss = accumulate_gradients(t.fwd, micro, attn_implementation=t.attn, autocast_dtype=t.amp,
-                                    total_targets=local_targets)
+                                    total_targets=local_targets, scaler=t.scaler)
+    t.scaler.unscale_(t.optimizer)  # clipping sees the true gradients
     grad_norm = (torch.nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.clip)
                  if t.cfg.clip > 0 else None)
     lr = t.scheduler.get_last_lr()[0]
-    t.optimizer.step()
+    t.scaler.step(t.optimizer)  # skipped when a gradient overflowed; the scale then shrinks
+    t.scaler.update()
     t.scheduler.step()
     t.optimizer.zero_grad(set_to_none=True)
     t.step += 1

@@ -15,6 +15,8 @@ From them this module derives, with vectorised tensor ops only (no per-token Pyt
 - :func:`attention_mask`: ``segment_ids != 0`` (2-D, for bookkeeping; not what the model attends by).
 - :func:`cu_seqlens`: cumulative document lengths over the flattened, *unpadded* token stream
   ``input_ids[attention_mask]`` (int32, as flash-attention varlen kernels expect) and ``max_seqlen``.
+- :func:`run_seqlens`: the same over the flattened *padded* batch, padding runs included: what
+  the flash-attention path of a ``[B, L]`` batch is given.
 - :func:`sdpa_mask` / :func:`eager_mask`: the 4-D block-diagonal causal mask ``[B, 1, L, L]``
   (boolean for SDPA, additive 0/-inf for eager attention).
 - :func:`flex_block_mask`: a FlexAttention ``BlockMask`` (sparse blocks, so cost scales with the
@@ -31,7 +33,7 @@ The dense 4-D mask is B*L*L bytes, costly to build on the host, which is why the
 it on the device from ``segment_ids`` after the copy instead of shipping it (collate and mask
 timings: ``benchmarks/README.md``, "Training loader"). On CPU, SDPA with a dense mask
 costs O(L**2) per row whatever the documents ; on GPU,
-``flash_attention_2`` with restarting ``position_ids`` runs the varlen kernel, whose cost follows
+``flash_attention_2`` with the varlen arguments runs the varlen kernel, whose cost follows
 the documents' own lengths.
 """
 
@@ -115,6 +117,24 @@ def cu_seqlens(segment_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     return cu, max_len
 
 
+def run_seqlens(segment_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(cu, max_len)`` over every run of the flattened ``[B * L]`` batch, padding runs
+    included: the varlen arguments (``cu_seq_lens_q/k``, ``max_length_q/k``) with which a
+    flash-attention kernel keeps the documents of a ``[B, L]`` batch apart. ``cu`` is int32
+    ``[runs + 1]``; compute it on CPU tensors (the collate does) so ``max_len`` costs no sync.
+
+    Without them transformers treats restarting ``position_ids`` as packing only at batch size
+    1 and otherwise runs plain causal attention over each row, across its documents.
+    """
+    flat_starts = _run_starts(segment_ids).reshape(-1)
+    start_idx = torch.nonzero(flat_starts, as_tuple=False).reshape(-1)
+    cu = torch.zeros(start_idx.numel() + 1, dtype=torch.int32, device=segment_ids.device)
+    cu[:-1] = start_idx.to(torch.int32)
+    cu[-1] = flat_starts.numel()
+    lengths = cu[1:] - cu[:-1]
+    return cu, int(lengths.max()) if lengths.numel() else 0
+
+
 def sdpa_mask(segment_ids: torch.Tensor) -> torch.Tensor:
     """``[B, 1, L, L]`` boolean block-diagonal causal mask, True = may attend (SDPA convention)."""
     seg = segment_ids
@@ -151,14 +171,17 @@ def flex_block_mask(segment_ids: torch.Tensor, *, block_size: int = 128) -> Any:
 
 
 def model_inputs(input_ids: torch.Tensor, segment_ids: torch.Tensor, position_ids: torch.Tensor,
-                 attn_implementation: str, *, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+                 attn_implementation: str, *, dtype: torch.dtype = torch.float32,
+                 runs: tuple[torch.Tensor, int] | None = None) -> dict[str, Any]:
     """Keyword arguments for a Hugging Face causal LM so that packed documents stay independent.
 
     - ``sdpa``: a boolean 4-D mask (transformers passes a 4-D mask through untouched).
     - ``eager``: the same mask in additive form (eager *adds* the mask to the scores).
     - ``flex_attention``: a ``BlockMask``.
-    - ``flash_attention_2``/``flash_attention_3``: no mask, only ``position_ids``: transformers
-      detects packed sequences from positions that restart at 0 and calls the varlen kernel.
+    - ``flash_attention_2``/``flash_attention_3``: no mask, and explicit varlen arguments over
+      every run of the flattened batch (:func:`run_seqlens`; pass the collate's ``runs`` to
+      avoid computing them on the device): position ids alone are read as packing only at
+      batch size 1.
     ``position_ids`` always go in, so rotary embeddings restart per document.
     """
     kwargs: dict[str, Any] = {"input_ids": input_ids, "position_ids": position_ids}
@@ -169,7 +192,9 @@ def model_inputs(input_ids: torch.Tensor, segment_ids: torch.Tensor, position_id
     elif attn_implementation == "flex_attention":
         kwargs["attention_mask"] = flex_block_mask(segment_ids)
     elif attn_implementation.startswith("flash_attention"):
-        kwargs["attention_mask"] = None
+        cu, max_len = runs if runs is not None else run_seqlens(segment_ids)
+        kwargs.update(attention_mask=None, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                      max_length_q=max_len, max_length_k=max_len)
     else:
         raise ValueError(f"attention implementation {attn_implementation!r} has no document mask "
                          f"here; use one of sdpa, eager, flex_attention, flash_attention_2")
