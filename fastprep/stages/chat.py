@@ -14,14 +14,17 @@ included. Trailing whitespace after the marker is not a target. When a template 
 prefix-stable (some rewrite earlier turns), the span falls back to the turn's content found in
 order in the full text.
 
-Prefix rendering costs two template renderings per assistant turn. Most templates treat a
-message's content as opaque text, so the renderings of a conversation are fixed text around the
-contents, decided by the roles alone. The first conversation of each role sequence is therefore
-also rendered with placeholder contents, and its renderings kept as fixed pieces and slots.
-Every later conversation of that shape is still rendered in full, once. If that text equals its
-pieces with the contents put in, the prefix renderings are built the same way, and the spans
-follow by the same rule without the template. Otherwise (a template that trims, tests or drops
-content) it goes the slow way.
+Prefix rendering costs two template renderings per assistant turn. A template that only
+*outputs* message content (``{{ m['content'] }}``, alone or joined with ``+``/``~``) and never
+tests, filters, slices or stores it renders every conversation as fixed text around the
+contents, decided by the roles alone: that is checked once on the template's syntax tree
+(:func:`_content_is_opaque`). For such a template the first conversation of each role sequence
+is also rendered with placeholder contents, and its renderings kept as fixed pieces and slots.
+Every later conversation of that shape is still rendered in full, once, and must equal its
+pieces with the contents put in; the prefix renderings are then built the same way and the
+spans follow by the same rule without the template. Any other template (one that trims content,
+tests it, or treats the last message differently by what it holds, as Qwen3's does) renders
+every prefix.
 """
 
 from __future__ import annotations
@@ -75,13 +78,14 @@ class ChatRenderer:
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        source = _GENERATION_TAG.sub("", template)
         try:
-            self._template = env.from_string(_GENERATION_TAG.sub("", template))
+            self._template = env.from_string(source)
         except jinja2.TemplateError as e:
             raise TemplateError(f"chat template does not compile: {e}") from None
+        self.reuse_shapes = reuse_shapes and _content_is_opaque(env.parse(source))
         self._vars = {"bos_token": bos_token or "", "eos_token": eos_token or ""}
         self._shapes: dict[tuple[str, ...], _Shape | None] = {}
-        self._reuse = reuse_shapes
 
     def render(self, messages: list[tuple[str, str]], add_generation_prompt: bool = False) -> str:
         import jinja2
@@ -98,7 +102,7 @@ class ChatRenderer:
     def render_with_spans(self, messages: list[tuple[str, str]]) -> tuple[str, list[tuple[int, int]]]:
         """The full text and the [start, end) character spans of every assistant turn."""
         full = self.render(messages)
-        shape = self._shape(tuple(r for r, _ in messages)) if self._reuse else None
+        shape = self._shape(tuple(r for r, _ in messages)) if self.reuse_shapes else None
         if shape is not None:
             contents = [c for _, c in messages]
             if shape.fill(shape.full, contents) == full:
@@ -156,6 +160,42 @@ class ChatRenderer:
             spans.append(span)
             cursor = span[1]
         return spans
+
+
+# ways to reach a message's content other than ``m['content']`` / ``m.content``
+_INDIRECT_FILTERS = {"tojson", "string", "pprint", "map", "selectattr", "rejectattr", "items",
+                     "dictsort", "groupby", "list", "join", "first", "last", "sum", "unique",
+                     "xmlattr", "attr", "batch", "slice", "reverse", "sort"}
+_INDIRECT_ATTRS = {"items", "values", "get", "keys"}
+
+
+def _content_is_opaque(tree: Any) -> bool:
+    """Whether the template only outputs message content: every ``…['content']`` or
+    ``….content`` sits directly in an output (``{{ }}``) or in a ``+``/``~`` chain that is, and
+    nothing reaches content another way (a ``'content'`` constant elsewhere, ``.items()``,
+    ``tojson``, ``map``, ...). Conservative: a False only costs speed."""
+    from jinja2 import nodes
+
+    def content_ref(node: Any) -> bool:
+        return ((isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const)
+                 and node.arg.value == "content")
+                or (isinstance(node, nodes.Getattr) and node.attr == "content"))
+
+    def ok(node: Any, outputting: bool) -> bool:
+        if content_ref(node):
+            return outputting and ok(node.node, False)
+        if isinstance(node, nodes.Const) and node.value == "content":
+            return False  # e.g. message[key] with key = 'content', or a map(attribute=...)
+        if isinstance(node, nodes.Filter) and node.name in _INDIRECT_FILTERS:
+            return False
+        if isinstance(node, nodes.Getattr) and node.attr in _INDIRECT_ATTRS:
+            return False
+        if isinstance(node, nodes.Output):
+            return all(ok(child, True) for child in node.nodes)
+        keep = outputting and isinstance(node, (nodes.Add, nodes.Concat))
+        return all(ok(child, keep) for child in node.iter_child_nodes())
+
+    return ok(tree, False)
 
 
 _MARK = "\ue000"  # placeholder contents: a private-use character around the message index

@@ -30,6 +30,20 @@ TEMPLATES = {
     "cuts content": "{% for m in messages %}<{{ m['role'] }}>{{ m['content'][1:] }}|{% endfor %}" + GEN,
     "holds a placeholder itself": "{{ '\ue0009\ue000' }}{% for m in messages %}<{{ m['role'] }}>{{ "
                                   "m['content'] }}{% endfor %}" + GEN,
+    # the last message treated by what it holds: the full rendering fills exactly, a prefix
+    # (where an earlier message is last) does not
+    "trims the last message": "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] | trim if "
+                              "loop.last else m['content'] }}</s>{% endfor %}" + GEN,
+    "scans content from the end": "{% set ns = namespace(last=-1) %}{% for m in messages %}{% if "
+                                  "m['role'] == 'user' and not m['content'].startswith('<tool>') %}"
+                                  "{% set ns.last = loop.index0 %}{% endif %}{% endfor %}{% for m "
+                                  "in messages %}<{{ m['role'] }}>{% if m['role'] == 'assistant' "
+                                  "and loop.index0 > ns.last %}<think></think>{% endif %}{{ "
+                                  "m['content'] }}</s>{% endfor %}" + GEN,
+    "content via a variable": "{% for m in messages %}{% set c = m.content %}<{{ m.role }}>{{ c }}"
+                              "{% endfor %}" + GEN,
+    "content through tojson": "{% for m in messages %}<{{ m['role'] }}>{{ m | tojson }}"
+                              "{% endfor %}" + GEN,
     "drops system, ends on assistant": "{% if messages[-1]['role'] == 'user' and not "
                                        "add_generation_prompt %}{{ raise_exception('end on an "
                                        "answer') }}{% endif %}{% for m in messages if m['role'] != "
@@ -39,6 +53,7 @@ TEMPLATES = {
 
 contents = st.one_of(
     st.sampled_from(["", " ", "  padded  ", "secret plan", "why</think>because", "\ue000",
+                     "<tool>ok</tool>", "A1 ",
                      "\ue0001\ue000", "\ue000" + "0" + "\ue000", "<|im_end|>", "line\nnext\n",
                      "naïve 日本語 😀"]),
     st.text(alphabet=st.sampled_from(list("ab \n\t<>/|\ue000é0")), max_size=12))
@@ -112,3 +127,19 @@ def test_shape_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         r.render_with_spans(conv)
         costs.append(calls[0])
     assert costs == [1, 1, 1 + 2 * 3]  # the third shape was never kept
+
+
+def test_shape_reuse_only_for_templates_that_only_output_content() -> None:
+    """Bug caught: reuse for a template that tests content by position (the full rendering
+    fills exactly while a prefix does not): its assistant spans, and so loss masks, changed."""
+    reused = {name: ChatRenderer(t).reuse_shapes for name, t in TEMPLATES.items()}
+    assert reused["chatml"] and reused["spm (bos, eos after the answer)"]
+    assert reused["repeats content"] and reused["holds a placeholder itself"]
+    for name in ("llama3 (trims content)", "tests content", "rewrites earlier answers",
+                 "content length", "upper", "cuts content", "trims the last message",
+                 "scans content from the end", "content via a variable", "content through tojson"):
+        assert not reused[name], name
+    fast = ChatRenderer(TEMPLATES["scans content from the end"])
+    slow = ChatRenderer(TEMPLATES["scans content from the end"], reuse_shapes=False)
+    msgs = [("user", "<tool>ok</tool>"), ("assistant", "A1"), ("user", "q"), ("assistant", "A2")]
+    assert fast.render_with_spans(msgs) == slow.render_with_spans(msgs)
