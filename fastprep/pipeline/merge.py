@@ -35,7 +35,6 @@ from .tasks import TaskResult, task_docs
 class Removed:
     positions: np.ndarray  # int64: spill positions of the removed near duplicates
     kinds: np.ndarray      # uint8: their record kinds
-    targets: np.ndarray    # int64: their target tokens
 
 
 class NearShuffle:
@@ -58,7 +57,7 @@ class NearShuffle:
             shutil.rmtree(self.dir)
         self.dir.mkdir()
         self.partitions = partitions
-        self._parts: dict[str, list[np.ndarray]] = {"ids": [], "pos": [], "kinds": [], "targets": []}
+        self._parts: dict[str, list[np.ndarray]] = {"ids": [], "pos": [], "kinds": []}
         self.stats: dict[str, Any] = {"method": "shuffle", "partitions": self.partitions}
 
     def add(self, res: TaskResult, idx: np.ndarray, doc_ids: np.ndarray, sets: Any, base: int) -> None:
@@ -71,8 +70,7 @@ class NearShuffle:
         exact = self.mh.verify == "exact"
         write_doc_store(self.dir / "store", name, doc_ids, None if exact else sigs,
                         sets if exact else None)
-        for key, value in (("ids", doc_ids), ("pos", base + idx), ("kinds", res.kinds[idx]),
-                           ("targets", res.targets[idx])):
+        for key, value in (("ids", doc_ids), ("pos", base + idx), ("kinds", res.kinds[idx])):
             self._parts[key].append(value)
 
     def resolve(self, report: DedupeReport | None) -> Removed:
@@ -83,7 +81,7 @@ class NearShuffle:
 
         ids = cat("ids", np.int64)
         if not ids.size:
-            return Removed(np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.int64))
+            return Removed(np.zeros(0, np.int64), np.zeros(0, np.uint8))
         by_partition = partition_files(self.dir, self.partitions)
         store = FileStore(self.dir / "store")
         if self.ray:
@@ -96,8 +94,7 @@ class NearShuffle:
         gone = ~res.keep
         if report is not None:
             report.add("near", ids[gone], res.match[gone], res.similarity[gone])
-        return Removed(cat("pos", np.int64)[gone], cat("kinds", np.uint8)[gone],
-                       cat("targets", np.int64)[gone])
+        return Removed(cat("pos", np.int64)[gone], cat("kinds", np.uint8)[gone])
 
 
 class Merger:
@@ -130,7 +127,6 @@ class Merger:
         self.counts: Counter[str] = Counter()
         self.seconds: Counter[str] = Counter()
         self.kinds = np.zeros(len(KIND_NAMES), np.int64)
-        self.target_tokens = 0
         self.line_offset = [0] * len(files)  # lines consumed so far per file (byte-range tasks)
         self.spot = Counter()                 # spot-checked documents and tokens
         self.reruns: list[dict[str, Any]] = []  # tasks a spot check moved to tokenizers
@@ -166,7 +162,6 @@ class Merger:
         if res.signatures is not None and keep.any():
             self._near(res, keep, ids)
         self.kinds += np.bincount(res.kinds[keep], minlength=len(KIND_NAMES))
-        self.target_tokens += int(res.targets[keep].sum())
         self.spill.append_task(res.lengths, keep, res.ids_path, res.mask_path)
         return int(res.lengths[keep].sum())
 
@@ -205,7 +200,6 @@ class Merger:
         self.spill.drop(removed.positions)
         self.counts["near_duplicates"] += len(removed.positions)
         self.kinds -= np.bincount(removed.kinds, minlength=len(KIND_NAMES))
-        self.target_tokens -= int(removed.targets.sum())
 
     def dedupe_record(self, cfg: PrepareConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         """(the manifest's ``dedupe`` section, the near-dedupe method's costs for the stats).

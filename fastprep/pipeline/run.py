@@ -310,8 +310,9 @@ def _load(task: Task, work: Path, itemsize: int, report: str | None) -> TaskResu
 
 
 def _write(run: _Run, spill: RunSpill, writer: ShardWriter, block: int,
-           seconds: dict[str, float], progress: Progress) -> PackPlan:
-    """Plan the packing over the spill's lengths and write every row into shards."""
+           seconds: dict[str, float], progress: Progress) -> tuple[PackPlan, int]:
+    """Plan the packing over the spill's lengths and write every row into shards; the plan
+    and the rows' training targets."""
     t = time.perf_counter()
     lengths, planned = spill.finish()
     doc_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -325,20 +326,34 @@ def _write(run: _Run, spill: RunSpill, writer: ShardWriter, block: int,
     progress.stage("write", packing.n_rows, "rows")
     # Two row buffers: one block is hashed and written (both release the GIL) while the next
     # is read from the spill and filled.
+    targets = 0
     with ThreadPoolExecutor(1, thread_name_prefix="fastprep-write") as pool:
-        pending: Future[None] | None = None
+        pending: Future[int] | None = None
         for rows in row_blocks(packing, doc_offsets, spill, spill.has_mask, block,
                                run.bundle.pad_id, run.ids_dt, run.seg_dt, buffers=2):
             if pending is not None:
-                pending.result()
-            pending = pool.submit(writer.add, rows)
+                targets += pending.result()
+            pending = pool.submit(_write_block, writer, rows)
             progress.advance(len(rows["input_ids"]))
         if pending is not None:
-            pending.result()
-    return packing
+            targets += pending.result()
+    return packing, targets
 
 
-def _counts(merger: Merger, quarantine: Quarantine, packing: PackPlan) -> dict[str, Any]:
+def _write_block(writer: ShardWriter, rows: dict[str, np.ndarray]) -> int:
+    """Write one block of rows; return its training targets: positions whose previous token
+    is in the same document (a document's first token is never predicted, in whatever row its
+    piece starts) and whose loss mask is 1, as the loader's labels count them."""
+    seg = rows["segment_ids"]
+    target = seg[:, 1:] == seg[:, :-1]
+    target &= seg[:, 1:] != 0
+    if "loss_mask" in rows:
+        target &= rows["loss_mask"][:, 1:] != 0
+    writer.add(rows)
+    return int(np.count_nonzero(target))
+
+
+def _counts(merger: Merger, quarantine: Quarantine, packing: PackPlan, targets: int) -> dict[str, Any]:
     """The manifest's ``counts`` section."""
     c = merger.counts
     dropped = dict(sorted(quarantine.counts.items()))
@@ -349,13 +364,13 @@ def _counts(merger: Merger, quarantine: Quarantine, packing: PackPlan) -> dict[s
         "blank_lines": c["blank_lines"],
         "repaired": {k[len("repaired_"):]: v for k, v in sorted(c.items()) if k.startswith("repaired_")},
         "documents_by_shape": {n: int(k) for n, k in zip(KIND_NAMES, merger.kinds) if k},
-        **packing.counts(), "target_tokens": merger.target_tokens, "text_chars": c["text_chars"],
+        **packing.counts(), "target_tokens": targets, "text_chars": c["text_chars"],
         "text_bytes": c["text_bytes"],
     }
 
 
 def _publish(run: _Run, merger: Merger, quarantine: Quarantine, writer: ShardWriter,
-             packing: PackPlan, dedupe_out: dict[str, Any]) -> Manifest:
+             packing: PackPlan, targets: int, dedupe_out: dict[str, Any]) -> Manifest:
     """The dataset's last files (tokenizer copy, quarantine, dedupe report), then the
     manifest: its rename is what makes the folder a finished dataset."""
     recipe = run.cfg.recipe
@@ -370,7 +385,7 @@ def _publish(run: _Run, merger: Merger, quarantine: Quarantine, writer: ShardWri
                          tokenizer={**run.bundle.describe(), "file": TOKENIZER_FILE,
                                     "backend": backend},
                          recipe=recipe.record(), inputs=file_sizes(run.files),
-                         counts=_counts(merger, quarantine, packing), packing=pack_out,
+                         counts=_counts(merger, quarantine, packing, targets), packing=pack_out,
                          dedupe=dedupe_out)
 
 
@@ -452,10 +467,10 @@ def _execute(run: _Run, pool: Workers, t_start: float) -> PrepareStats:
             dtypes["loss_mask"] = np.dtype(np.uint8)
         writer = ShardWriter(run.out, L, dtypes, shard_rows)
         # ~4M tokens per block (2,048 rows at L = 2048), at most one shard
-        packing = _write(run, spill, writer, max(1, min(shard_rows, (4 << 20) // L)), seconds,
-                         progress)
+        packing, targets = _write(run, spill, writer, max(1, min(shard_rows, (4 << 20) // L)),
+                                  seconds, progress)
         spill.close()
-        manifest = _publish(run, merger, quarantine, writer, packing, dedupe_out)
+        manifest = _publish(run, merger, quarantine, writer, packing, targets, dedupe_out)
         seconds.update(merger.seconds)
         seconds["write"] = time.perf_counter() - t - seconds["pack"]
         seconds["total"] = time.perf_counter() - t_start

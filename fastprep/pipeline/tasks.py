@@ -167,7 +167,6 @@ class TaskResult:
     lengths: np.ndarray                   # int64 [docs]
     lines: np.ndarray                     # int64 [docs], local line numbers
     kinds: np.ndarray                     # uint8 [docs]
-    targets: np.ndarray                   # int64 [docs], target tokens per document
     digests: np.ndarray | None            # uint64 [docs, 2]
     signatures: np.ndarray | None         # MinHash signatures [docs, num_perm]
     set_values: np.ndarray | None         # uint32 shingle sets MinHash compares (verify="exact")
@@ -440,19 +439,12 @@ class _TaskOutput:
         self.files = TokenFiles(task_file(work, task, "ids.bin"),
                                 task_file(work, task, "loss_mask.bin"))
         self.parts: dict[str, list[Any]] = {k: [] for k in
-                                             ("lengths", "targets", "digests", "sigs", "sets")}
+                                             ("lengths", "digests", "sigs", "sets")}
         self.lines: list[int] = []
         self.kinds: list[int] = []
 
     def add(self, batch: _Batch, enc: Encoded) -> None:
         self.files.append(enc.ids.astype(self.dtype, copy=False), enc.loss_mask)
-        if enc.loss_mask is not None:
-            bounds = np.concatenate([[0], np.cumsum(enc.lengths)[:-1]]).astype(np.int64)
-            targets = (np.add.reduceat(enc.loss_mask.astype(np.int64), bounds)
-                       if len(enc.loss_mask) else np.zeros(len(enc.lengths), np.int64))
-        else:
-            targets = enc.lengths.copy()
-        self.parts["targets"].append(targets)
         self.parts["lengths"].append(enc.lengths)
         self.lines.extend(d.line for d in batch.docs)
         self.kinds.extend(d.kind for d in batch.docs)
@@ -485,7 +477,6 @@ class _TaskOutput:
             lengths=cat("lengths", np.zeros(0, np.int64)),
             lines=np.asarray(self.lines, dtype=np.int64),
             kinds=np.asarray(self.kinds, dtype=np.uint8),
-            targets=cat("targets", np.zeros(0, np.int64)),
             digests=cat("digests", np.zeros((0, 2), np.uint64)) if spec.exact else None,
             signatures=(np.concatenate(p["sigs"]) if p["sigs"] else None)
             if spec.minhash is not None else None,
@@ -599,7 +590,7 @@ def task_docs(work: str | Path, task: Task) -> Path:
     return task_file(work, task, "docs.json")
 
 
-_ARRAYS = ("lengths", "lines", "kinds", "targets", "digests", "signatures", "set_values",
+_ARRAYS = ("lengths", "lines", "kinds", "digests", "signatures", "set_values",
            "set_offsets")
 
 
