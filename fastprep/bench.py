@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import resource
@@ -70,13 +71,18 @@ SCHEMA = "fastprep.bench/1"
   ``batches_per_s``, ``real_tokens_per_batch``, ``tokens_per_s``
 """
 
+class BenchError(ValueError):
+    """A benchmark that cannot run on this sample (a one-line error, exit status 2)."""
+
+
 RUN_MIB = 1 << 20   # --sample seeded: consecutive bytes read at each seeded position
 PACK_MODES = ("bfd", "concat", "pad")
 VERSIONED = ("fastprep", "tokenizers", "fastokens", "numpy", "numba", "pyarrow", "orjson", "torch")
 # stages of the task phase (summed over workers) and of the driver, in pipeline order
 WORKER_STAGES = ("read", "clean", "exact_hash", "minhash_signatures", "tokenize", "spot_check",
                  "spill")
-DRIVER_STAGES = ("merge", "minhash_shuffle", "pack", "write", "start_up_and_tail")
+DRIVER_STAGES = ("kernel_wait", "merge", "minhash_shuffle", "task_phase_other", "pack", "write",
+                 "start_up_and_tail")
 
 
 @dataclass(frozen=True)
@@ -93,7 +99,7 @@ class BenchOptions:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        if not self.mb > 0:
+        if not (self.mb > 0 and math.isfinite(self.mb)):
             raise ValueError(f"--mb must be a positive size in MB, got {self.mb!r}")
         if self.sample not in ("first", "seeded"):
             raise ValueError(f"--sample must be first or seeded, not {self.sample!r}")
@@ -120,41 +126,60 @@ def _chosen(seed: int, file_index: int, record: int, p: float) -> bool:
     return int.from_bytes(h, "little") < p * 2.0 ** 64
 
 
-def _groups(stream: BinaryIO, kind: str, unit: str) -> Any:
+def _groups(stream: BinaryIO, kind: str, unit: str, limit: int) -> Any:
     """The raw bytes of each record of a line-based file: a JSONL line, a text line, a
-    paragraph with the blank lines after it, or a whole text file."""
+    paragraph with the blank lines after it, or a whole text file. A record over ``limit``
+    bytes (``--max-record-bytes``: ``prepare`` would quarantine it) is skipped unread, so memory
+    stays bounded; it yields None in its place."""
     if kind == "text" and unit == "file":
-        yield stream.read()
+        data = stream.read(limit + 1)
+        yield data if len(data) <= limit else None
         return
     para: list[bytes] = []
-    for line in iter(stream.readline, b""):
+    size = 0
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            break
+        if len(line) > limit and not line.endswith(b"\n"):
+            while True:  # the rest of the oversized line, not kept
+                rest = stream.readline(1 << 20)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            line = None
         if kind == "jsonl" or unit == "line":
             yield line
-        elif line.strip():
+        elif line is not None and line.strip():
             if para and not para[-1].strip():
-                yield b"".join(para)
-                para = []
+                yield b"".join(para) if size <= limit else None
+                para, size = [], 0
             para.append(line)
-        else:
+            size += len(line)
+        elif line is not None:
             para.append(line)
     if para:
-        yield b"".join(para)
+        yield b"".join(para) if size <= limit else None
 
 
-def _copy_lines(src: str, dst: Path, kind: str, unit: str, budget: int, opts: BenchOptions,
-                file_index: int, p: float) -> tuple[int, int]:
-    """(bytes, records) of a line-based file copied into the sample."""
-    n = records = 0
+def _copy_lines(src: str, dst: Path, kind: str, read: ReadConfig, budget: int,
+                opts: BenchOptions, file_index: int, p: float) -> tuple[int, int, int]:
+    """(bytes, records, records skipped as too large) of a line-based file copied into the
+    sample (blank lines are copied but are no records)."""
+    n = records = large = 0
+    seeded = opts.sample == "seeded" and not (kind == "text" and read.text_unit == "file")
     with open_binary(src) as stream, open(dst, "wb") as out:
-        for i, group in enumerate(_groups(stream, kind, unit)):
+        for i, group in enumerate(_groups(stream, kind, read.text_unit, read.max_record_bytes)):
             if n >= budget:
                 break
-            if opts.sample == "seeded" and not _chosen(opts.seed, file_index, i, p):
+            if seeded and not _chosen(opts.seed, file_index, i, p):
+                continue
+            if group is None:
+                large += 1
                 continue
             out.write(group)
             n += len(group)
-            records += 1
-    return n, records
+            records += bool(group.strip())
+    return n, records, large
 
 
 def _copy_runs(src: str, dst: Path, budget: int, opts: BenchOptions, file_index: int) -> tuple[int, int]:
@@ -189,18 +214,24 @@ def _copy_runs(src: str, dst: Path, budget: int, opts: BenchOptions, file_index:
     return n, records
 
 
-def _copy_parquet(src: str, dst: Path, budget: int, opts: BenchOptions, file_index: int,
-                  p: float) -> tuple[int, int]:
+def _copy_parquet(src: str, dst: Path, budget: int, opts: BenchOptions, file_index: int
+                  ) -> tuple[int, int]:
+    """(Arrow bytes, rows) of a Parquet file copied into the sample: the first rows, or rows
+    chosen by a seeded hash with the probability that fills ``budget``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(src)
     taken: list[Any] = []
     n = records = row = 0
+    p = None
     for batch in pf.iter_batches(batch_size=1024):
         if n >= budget:
             break
         if opts.sample == "seeded":
+            if p is None:  # the share of rows that fills the budget, at the first batch's size
+                per_row = max(batch.nbytes / max(batch.num_rows, 1), 1.0)
+                p = min(1.0, budget / per_row / max(pf.metadata.num_rows, 1))
             keep = [_chosen(opts.seed, file_index, row + i, p) for i in range(batch.num_rows)]
             row += batch.num_rows
             batch = batch.filter(pa.array(keep))
@@ -215,33 +246,63 @@ def _copy_parquet(src: str, dst: Path, budget: int, opts: BenchOptions, file_ind
     return n, records
 
 
+def _content_size(path: str) -> int:
+    """The file's size once decompressed, estimated from its first MiB for ``.gz``/``.zst``."""
+    size = os.path.getsize(path)
+    if not is_compressed(path):
+        return size
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    try:
+        if path.lower().endswith(".gz"):
+            import zlib
+
+            out = zlib.decompressobj(47).decompress(head, 64 << 20)
+        else:
+            import zstandard
+
+            out = zstandard.ZstdDecompressor().decompressobj().decompress(head)
+    except Exception:  # noqa: BLE001 - a damaged file: the reader reports it; guess no ratio
+        return size
+    return int(size * len(out) / max(len(head), 1))
+
+
 def make_sample(paths: tuple[str, ...], read: ReadConfig, opts: BenchOptions, folder: Path
                 ) -> tuple[ReadConfig, dict[str, Any]]:
-    """Copy a sample of the inputs into ``folder``; the ReadConfig that reads it, and its stats."""
+    """Copy a sample of the inputs into ``folder``; the ReadConfig that reads it, and its stats.
+    ``bytes`` counts what the records hold (decompressed; Arrow bytes for Parquet)."""
     files = expand_paths(paths)
     budget = int(opts.mb * 1e6)
-    sizes = [os.path.getsize(f) for f in files]
+    if opts.sample == "seeded" and read.text_unit == "file":
+        # whole files as records: a seeded order of the files, taken until the budget is full
+        files.sort(key=lambda f: hashlib.blake2b(f"{opts.seed}:{f}".encode(),
+                                                 digest_size=8).digest())
+    sizes = [_content_size(f) if file_kind(f) != "parquet" else os.path.getsize(f) for f in files]
     total = max(sum(sizes), 1)
     p = min(1.0, budget / total)
     folder.mkdir(parents=True, exist_ok=True)
     out: list[str] = []
     stats = {"mode": opts.sample, "seed": opts.seed, "target_mb": opts.mb, "files": 0,
-             "bytes": 0, "records": 0, "decompressed": 0}
+             "bytes": 0, "records": 0, "decompressed": 0, "too_large": 0}
     for i, (src, size) in enumerate(zip(files, sizes)):
         left = budget - stats["bytes"]
         if left <= 0:
             break
-        # first: fill the budget in file order; seeded: each file its share of the budget
-        share = left if opts.sample == "first" else max(1, int(budget * size / total))
-        dst = folder / _sample_name(i, src)
         kind = file_kind(src)
+        # first (and whole text files, seeded): fill the budget in file order; seeded: each
+        # file its share of the budget
+        whole = opts.sample == "first" or (kind == "text" and read.text_unit == "file")
+        share = left if whole else max(1, int(budget * size / total))
+        dst = folder / _sample_name(i, src)
+        large = 0
         if kind == "parquet":
-            n, records = _copy_parquet(src, dst, min(share, left), opts, i, p)
+            n, records = _copy_parquet(src, dst, min(share, left), opts, i)
         elif opts.sample == "seeded" and kind == "jsonl" and not is_compressed(src):
             n, records = _copy_runs(src, dst, min(share, left), opts, i)
         else:
-            n, records = _copy_lines(src, dst, kind or "text", read.text_unit, min(share, left),
-                                     opts, i, p)
+            n, records, large = _copy_lines(src, dst, kind or "text", read, min(share, left),
+                                            opts, i, p)
+        stats["too_large"] += large
         if records == 0:
             dst.unlink()
             continue
@@ -330,11 +391,14 @@ def bench_backends(texts_path: Path, tokenizer_file: Path, text_bytes: int, core
                 if k not in ("RAYON_NUM_THREADS", "FASTOKENS_BPE_THREADS")}
             cmd = [sys.executable, "-c", "from fastprep.bench import _encode_main; _encode_main()",
                    str(texts_path), str(tokenizer_file), name, str(batch_chars)]
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            # run from the temporary folder: ``-c`` puts the working folder first on sys.path,
+            # and a user's own tokenizers.py there must not stand in for the library
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                  cwd=texts_path.parent)
             if proc.returncode != 0:
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 if name == "hf":
-                    raise RuntimeError(f"fastprep bench: tokenizers failed on the sample: {last}")
+                    raise BenchError(f"tokenizers failed on the sample's texts: {last}")
                 row.update(supported=False, reason=last)
                 continue
             res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -354,19 +418,27 @@ def _cpu() -> tuple[float, float]:
     return s.ru_utime + s.ru_stime, c.ru_utime + c.ru_stime
 
 
-def stage_split(seconds: dict[str, float], workers: int, wall: float) -> list[dict[str, Any]]:
-    """The stages of a run's ``seconds``: worker stages summed over workers (``wall_s`` divides
-    by the workers), driver stages as they ran; start-up and tail is the wall time outside the
-    task phase, packing and writing."""
+def stage_split(seconds: dict[str, float], processes: int, wall: float) -> list[dict[str, Any]]:
+    """The stages of a run's ``seconds``. Worker stages are summed over the ``processes`` that
+    ran the tasks (``wall_s`` divides by them; 1 when the tasks ran in the driver). The task
+    phase's time in no stage (worker start-up, loads, waiting) is ``task_phase_other``;
+    ``start_up_and_tail`` is the wall time outside the task phase, packing and writing. The
+    ``wall_s`` of the driver rows and of ``task_phase_other`` add up to the wall time."""
     rows = []
+    busy = 0.0
     for name in WORKER_STAGES:
         s = float(seconds.get(name, 0.0))
-        rows.append({"stage": name, "where": "workers", "seconds": round(s, 4),
-                     "wall_s": round(s / max(workers, 1), 4)})
-    tail = wall - sum(float(seconds.get(k, 0.0)) for k in ("tasks_wall", "minhash_shuffle",
-                                                          "pack", "write"))
+        busy += s / max(processes, 1)
+        rows.append({"stage": name, "where": "workers" if processes > 1 else "driver (inline)",
+                     "seconds": round(s, 4), "wall_s": round(s / max(processes, 1), 4)})
+    in_tasks = sum(float(seconds.get(k, 0.0)) for k in ("merge", "kernel_wait", "minhash_shuffle"))
+    tasks_wall = float(seconds.get("tasks_wall", 0.0))
+    other = tasks_wall - in_tasks - (busy if processes == 1 else 0.0)
+    tail = wall - tasks_wall - float(seconds.get("pack", 0.0)) - float(seconds.get("write", 0.0))
     for name in DRIVER_STAGES:
-        s = max(tail, 0.0) if name == "start_up_and_tail" else float(seconds.get(name, 0.0))
+        s = {"start_up_and_tail": tail, "task_phase_other": other}.get(
+            name, float(seconds.get(name, 0.0)))
+        s = max(s, 0.0)
         rows.append({"stage": name, "where": "driver", "seconds": round(s, 4), "wall_s": round(s, 4)})
     return rows
 
@@ -381,13 +453,21 @@ def bench_prepare(cfg: PrepareConfig) -> tuple[dict[str, Any], Any]:
     stats = prepare(cfg)
     wall = time.perf_counter() - t0
     cpu1 = _cpu()
+    from .pipeline.executor import ExecutorOptions, runs_inline
+
     secs = stats.seconds
     workers = int(secs.get("workers", 1))
-    stages = stage_split(secs, workers, wall)
+    tasks = stats.this_run.get("tasks", 1) - stats.this_run.get("resumed_tasks", 0)
+    inline = runs_inline(ExecutorOptions(kind="local", workers=workers), tasks)
+    stages = stage_split(secs, 1 if inline else min(workers, max(tasks, 1)), wall)
     backend = stats.manifest.tokenizer.get("backend", {})
     dedupe = ("minhash" if cfg.recipe.dedupe.minhash is not None
               else "exact" if cfg.recipe.dedupe.exact else "none")
-    out = {"backend": backend.get("name"), "seq_len": cfg.recipe.pack.seq_len, "workers": workers,
+    name = backend.get("name")
+    reruns = backend.get("spot_checks", {}).get("tasks_rerun_on_hf", 0)
+    if reruns:
+        name = f"{name} ({reruns} task(s) rerun on hf)"
+    out = {"backend": name, "seq_len": cfg.recipe.pack.seq_len, "workers": workers,
            "dedupe": dedupe, "wall_s": round(wall, 4),
            "mb_s": round(stats.counts["text_bytes"] / 1e6 / max(wall, 1e-9), 3),
            "tokens_per_s": round(stats.counts["tokens"] / max(wall, 1e-9)),
@@ -426,7 +506,8 @@ def bench_loader(dataset: str, seq_len: int, batch_size: int, max_batches: int) 
         out["skipped"] = f"needs torch ({e}): pip install 'fastprep[train]'"
         return out
     rows = PackedRows(dataset)
-    loader = PackedLoader(rows, batch_size=min(batch_size, max(len(rows), 1)), seed=0)
+    out["batch_size"] = batch_size = min(batch_size, max(len(rows), 1))
+    loader = PackedLoader(rows, batch_size=batch_size, seed=0)
     if len(loader) == 0:
         out["skipped"] = f"the sample packs into {len(rows)} rows: fewer than one batch"
         return out
@@ -505,11 +586,21 @@ def run_bench(cfg: PrepareConfig, opts: BenchOptions) -> dict[str, Any]:
         step("sample")
         read, sample = make_sample(cfg.recipe.read.paths, cfg.recipe.read, opts, tmp / "sample")
         cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, read=read))
+        report["sample"] = sample
+        # prepare first: a sample with nothing usable fails before the engines run
+        step("prepare")
+        out = tmp / "dataset"
+        run = dataclasses.replace(cfg.run, out=str(out), quiet=True, progress=False,
+                                  collect_lengths=True, overwrite=True, dedupe_report=None)
+        recipe = dataclasses.replace(cfg.recipe, pack=dataclasses.replace(cfg.recipe.pack,
+                                                                           seq_len=opts.seq_lens[0]))
+        pcfg = PrepareConfig(recipe=recipe, run=run)
+        report["prepare"], stats = _prepare_sample(pcfg, out)
+        sample["documents"] = stats.counts["records_kept"]
         bundle = TokenizerBundle(cfg.recipe.tokenize)
         texts = sample_texts(cfg)
-        text_bytes = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
-        sample.update(documents=None, text_bytes=text_bytes)
-        report["sample"] = sample
+        sample["text_bytes"] = text_bytes = sum(len(t.encode("utf-8", "surrogatepass"))
+                                                for t in texts)
         texts_path = tmp / "texts.json"
         texts_path.write_bytes(orjson.dumps(texts))
         del texts
@@ -519,15 +610,6 @@ def run_bench(cfg: PrepareConfig, opts: BenchOptions) -> dict[str, Any]:
         report["backends"] = bench_backends(texts_path, tok_file, text_bytes, cores,
                                             cfg.run.batch_bytes, fast_reason, step)
         texts_path.unlink()
-        step("prepare")
-        out = tmp / "dataset"
-        run = dataclasses.replace(cfg.run, out=str(out), quiet=True, progress=False,
-                                  collect_lengths=True, overwrite=True, dedupe_report=None)
-        recipe = dataclasses.replace(cfg.recipe, pack=dataclasses.replace(cfg.recipe.pack,
-                                                                           seq_len=opts.seq_lens[0]))
-        pcfg = PrepareConfig(recipe=recipe, run=run)
-        report["prepare"], stats = bench_prepare(pcfg)
-        sample["documents"] = stats.counts["records_kept"]
         step("packing")
         report["packing"] = bench_packing(stats.lengths, pcfg, opts.seq_lens)
         step("loader")
@@ -538,6 +620,20 @@ def run_bench(cfg: PrepareConfig, opts: BenchOptions) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
     report["machine"]["load_after"] = list(os.getloadavg())
     return report
+
+
+def _prepare_sample(cfg: PrepareConfig, out: Path) -> tuple[dict[str, Any], Any]:
+    """:func:`bench_prepare`, with "nothing usable" said about the sample: its quarantine file
+    goes with the temporary folder, so the message does not point at it."""
+    from .dataset.format import QUARANTINE_FILE
+    from .pipeline.quarantine import NothingKept
+
+    try:
+        return bench_prepare(cfg)
+    except NothingKept as e:
+        msg = str(e).replace(f"; see {out / QUARANTINE_FILE}", "")
+        raise BenchError(f"{msg} (in the sample; fastprep prepare on the inputs writes "
+                         f"{QUARANTINE_FILE})") from None
 
 
 def render(report: dict[str, Any]) -> str:

@@ -175,6 +175,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     opts = BenchOptions(seq_lens=seq_lens, mb=a.mb, sample=a.sample, seed=a.sample_seed,
                         batch_size=a.batch_size, loader_batches=a.loader_batches,
                         work_dir=a.work_dir, progress=not a.quiet and sys.stderr.isatty())
+    if a.json and not Path(a.json).resolve().parent.is_dir():
+        raise ValueError(f"--json {a.json}: its folder does not exist")
     # the output folder is the benchmark's temporary one; this placeholder is replaced there
     cfg = config_from_args(a, out="(temporary)")
     report = run_bench(cfg, opts)

@@ -22,7 +22,7 @@ KEYS = {
     "machine": {"cpu", "cores", "memory_gib", "platform", "python", "load_before", "load_after",
                 "versions"},
     "sample": {"mode", "seed", "target_mb", "files", "bytes", "records", "documents", "text_bytes",
-               "decompressed"},
+               "decompressed", "too_large"},
     "backends": {"backend", "threads", "supported", "reason", "seconds", "mb_s", "tokens",
                  "tokens_per_s", "ids_match"},
     "prepare": {"backend", "seq_len", "workers", "dedupe", "wall_s", "mb_s", "tokens_per_s",
@@ -33,7 +33,8 @@ KEYS = {
                "real_tokens_per_batch", "tokens_per_s"},
 }
 STAGES = ["read", "clean", "exact_hash", "minhash_signatures", "tokenize", "spot_check", "spill",
-          "merge", "minhash_shuffle", "pack", "write", "start_up_and_tail"]
+          "kernel_wait", "merge", "minhash_shuffle", "task_phase_other", "pack", "write",
+          "start_up_and_tail"]
 
 
 def _corpus(folder: Path) -> Path:
@@ -107,7 +108,10 @@ def test_bench_reports_every_section_and_writes_only_the_json(
     st = {x["stage"]: x for x in p["stages"]}
     assert st["tokenize"]["seconds"] > 0 and st["read"]["seconds"] > 0 and st["merge"]["seconds"] > 0
     assert st["minhash_signatures"]["seconds"] == 0  # no MinHash in this run
-    assert p["limit"] == max(p["stages"], key=lambda x: x["wall_s"])["stage"]
+    # the driver rows (task-phase rest included) add up to the wall time the bench measured
+    driver = sum(x["wall_s"] for x in p["stages"] if x["where"] == "driver")
+    assert driver == pytest.approx(p["wall_s"], abs=0.02)
+    assert all(x["where"] == "workers" for x in p["stages"][:7])  # several tasks, 2 processes
 
     packing = {(x["seq_len"], x["mode"]): x for x in r["packing"]}
     assert set(packing) == {(L, m) for L in (128, 512) for m in ("bfd", "concat", "pad")}
@@ -171,7 +175,13 @@ def test_bench_failure_is_one_line_and_leaves_nothing(
                "--work-dir", str(work), "--json", str(tmp_path / "b.json")])
     err = capsys.readouterr().err
     assert rc == 2 and "no dataset written" in err and "malformed_json" in err
+    assert str(work) not in err  # the bench's quarantine is gone with its folder: not named
     assert list(work.iterdir()) == [] and not (tmp_path / "b.json").exists()
+    assert main(["bench", str(data), "--tokenizer", str(tokenizer_dir), "--mb", "inf"]) == 2
+    assert "--mb must be a positive size" in capsys.readouterr().err
+    assert main(["bench", str(data), "--tokenizer", str(tokenizer_dir),
+                 "--json", str(tmp_path / "no" / "b.json")]) == 2
+    assert "its folder does not exist" in capsys.readouterr().err
     assert main(["bench", str(tmp_path / "nope.jsonl"), "--tokenizer", str(tokenizer_dir)]) == 2
     assert "no such file" in capsys.readouterr().err
     assert main(["bench", str(data), "--tokenizer", str(tokenizer_dir), "--mb", "0"]) == 2
@@ -250,13 +260,22 @@ def test_sample_parquet_keeps_schema_and_prefix(tmp_path: Path) -> None:
 
 
 def test_stage_split_divides_worker_stages_and_keeps_the_tail(tmp_path: Path) -> None:
-    rows = {r["stage"]: r for r in stage_split(
-        {"tokenize": 4.0, "read": 1.0, "merge": 0.5, "tasks_wall": 3.0, "pack": 0.1, "write": 0.4},
-        workers=2, wall=4.0)}
+    """The shuffle runs inside the task phase (bug caught: subtracted from the wall time a
+    second time, the start-up and tail came out 0); worker stages are divided by the
+    processes that ran them (1: inline in the driver, where they are part of the task phase)."""
+    secs = {"tokenize": 4.0, "read": 1.0, "merge": 0.5, "kernel_wait": 0.25,
+            "minhash_shuffle": 0.75, "tasks_wall": 3.0, "pack": 0.1, "write": 0.4}
+    rows = {r["stage"]: r for r in stage_split(secs, processes=2, wall=4.0)}
+    assert [r for r in rows] == STAGES
     assert rows["tokenize"]["wall_s"] == 2.0 and rows["tokenize"]["where"] == "workers"
     assert rows["merge"]["wall_s"] == 0.5 and rows["merge"]["where"] == "driver"
     assert rows["start_up_and_tail"]["seconds"] == pytest.approx(0.5)
-    assert [r for r in rows] == STAGES
+    assert rows["task_phase_other"]["seconds"] == pytest.approx(3.0 - 0.5 - 0.25 - 0.75)
+    assert sum(r["wall_s"] for r in rows.values() if r["where"] == "driver") == pytest.approx(4.0)
+    inline = {r["stage"]: r for r in stage_split({**secs, "tasks_wall": 7.0}, processes=1, wall=8.0)}
+    assert inline["tokenize"]["wall_s"] == 4.0 and inline["tokenize"]["where"] == "driver (inline)"
+    # inline, the worker stages are the task phase's own time: the rest is what is left
+    assert inline["task_phase_other"]["seconds"] == pytest.approx(7.0 - 1.5 - 5.0)
 
 
 def test_prepare_json_carries_the_stage_seconds(tmp_path: Path, tokenizer_dir: Path,
@@ -293,3 +312,88 @@ def test_reading_time_excludes_mapping_and_cleaning(tmp_path: Path, tokenizer_di
     p = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in make_texts(20)])
     secs = prepare(prep_config([p], tmp_path / "ds", tokenizer_dir)).seconds
     assert secs["clean"] >= 0.4 and secs["read"] < 0.2
+
+
+def test_engine_subprocesses_ignore_modules_in_the_working_folder(
+        tmp_path: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug caught: ``python -c`` puts the working folder first on sys.path, so a user's own
+    tokenizers.py there crashed the reference engine (a traceback) or hid fastokens."""
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in make_texts(30)])
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    for name in ("tokenizers", "fastokens"):
+        (cwd / f"{name}.py").write_text("raise ImportError('not the library')\n")
+    monkeypatch.chdir(cwd)
+    out_json = tmp_path / "b.json"
+    assert main(["bench", str(data), "--tokenizer", str(tokenizer_dir), "--seq-len", "64",
+                 "--mb", "1", "--workers", "1", "--json", str(out_json), "--quiet"]) == 0
+    assert all(b["ids_match"] for b in json.loads(out_json.read_text())["backends"])
+
+
+def test_reference_engine_failure_is_a_bench_error(tmp_path: Path) -> None:
+    from fastprep.bench import BenchError, bench_backends
+
+    texts = tmp_path / "texts.json"
+    texts.write_text('["alpha"]')
+    (tmp_path / "tokenizer.json").write_text("{}")  # no tokenizer at all
+    with pytest.raises(BenchError, match="tokenizers failed"):
+        bench_backends(texts, tmp_path / "tokenizer.json", 5, 1, 1 << 20, None, lambda _: None)
+
+
+def _record_index(data: bytes) -> list[int]:
+    return [json.loads(line)["i"] for line in data.splitlines() if line.strip()]
+
+
+def test_seeded_sample_of_compressed_and_parquet_files_is_spread(tmp_path: Path) -> None:
+    """Bug caught: the share computed from on-disk sizes while the budget counts decompressed
+    (or Arrow) bytes, so a seeded sample of a .gz or Parquet file was its first records."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"i": i, "text": f"record {i} " + "z" * (i % 40)} for i in range(40000)]
+    with gzip.open(tmp_path / "c.jsonl.gz", "wb") as f:
+        f.write(b"".join(json.dumps(r).encode() + b"\n" for r in rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "p.parquet", row_group_size=4000)
+    for name in ("c.jsonl.gz", "p.parquet"):
+        src = str(tmp_path / name)
+        read, stats = make_sample((src,), ReadConfig(paths=(src,)),
+                                  BenchOptions(mb=0.3, sample="seeded", seed=1), tmp_path / f"s-{name}")
+        if name.endswith(".parquet"):
+            got = pq.read_table(read.paths[0]).column("i").to_pylist()
+        else:
+            got = _record_index(Path(read.paths[0]).read_bytes())
+        assert got == sorted(got) and len(set(got)) == len(got), name
+        assert max(got) > 30000 and len(got) > 1000, (name, max(got), len(got))
+
+
+def test_seeded_sample_of_whole_text_files_takes_whole_files(tmp_path: Path) -> None:
+    """Bug caught: each file kept with the budget's probability, so a seed could choose none."""
+    src = tmp_path / "t"
+    src.mkdir()
+    for i in range(8):
+        (src / f"f{i}.txt").write_text(f"file {i}\n" + "w " * 500)
+    cfg = ReadConfig(paths=(str(src),), text_unit="file")
+    for seed in range(6):
+        read, stats = make_sample((str(src),), cfg, BenchOptions(mb=0.002, sample="seeded", seed=seed),
+                                  tmp_path / f"s{seed}")
+        assert 1 <= stats["records"] == stats["files"] <= 2
+        for path in read.paths:
+            assert Path(path).read_text().startswith("file ")
+    firsts = {Path(make_sample((str(src),), cfg, BenchOptions(mb=0.002, sample="seeded", seed=s),
+                               tmp_path / f"r{s}")[0].paths[0]).read_text()[:6] for s in range(6)}
+    assert len(firsts) > 1  # the seed decides which files
+
+
+def test_sample_skips_records_over_the_record_limit_unread(tmp_path: Path) -> None:
+    """Bug caught: a 200 MB record copied whole (and read into memory) although --mb was 0.1
+    and prepare would quarantine it anyway."""
+    big = tmp_path / "big.jsonl"
+    with open(big, "wb") as f:
+        f.write(json.dumps({"text": "x" * 3000}).encode() + b"\n")
+        f.write(b'{"text": "' + b"y" * 50000 + b'"}\n')
+        f.write(json.dumps({"text": "small"}).encode() + b"\n")
+    read, stats = make_sample((str(big),), ReadConfig(paths=(str(big),), max_record_bytes=10000),
+                              BenchOptions(mb=1), tmp_path / "s")
+    assert stats["too_large"] == 1 and stats["records"] == 2
+    assert b"yyyy" not in Path(read.paths[0]).read_bytes()

@@ -290,8 +290,14 @@ def _consume(run: _Run, tasks: Iterator[Task], done: set[int], merger: Merger,
     run.this_run = fresh
     report = run.task_spec().report_id_field
     for task in tasks:
+        if run.warm is not None and run.warm.is_alive():
+            t = time.perf_counter()
+            run.warm.join()  # the kernels the merge calls: their load is no merging time
+            merger.seconds["kernel_wait"] += time.perf_counter() - t
         t = time.perf_counter()
         res = _load(task, run.work, run.ids_dt.itemsize, report)
+        if task.index in done:
+            res.seconds = {}  # timed by the run that did it, not this one
         kept_tokens = merger.add(res)
         merger.seconds["merge"] += time.perf_counter() - t  # the driver's own per-task work
         if task.index not in done:

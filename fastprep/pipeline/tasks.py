@@ -229,6 +229,7 @@ class BackendMismatch(ValueError):
     def __init__(self, task: int, line: int, backend: str) -> None:
         super().__init__(task, line, backend)
         self.task, self.line, self.backend = task, line, backend
+        self.seconds: dict[str, float] = {}  # the stage times of the attempt it ends
 
 
 class _SpotChecks:
@@ -504,6 +505,9 @@ def run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
             raise
         res = _run_task(task, dataclasses.replace(spec, backend="hf"), work)
         res.checks["rerun_on_reference"] = {"backend": e.backend, "line": e.line}
+        # the fast attempt's time was spent too: its stages count, its total as discarded
+        res.seconds = dict(Counter(res.seconds) + Counter(e.seconds))
+        res.seconds["rerun_discarded"] = e.seconds.get("task", 0.0)
     save_result(res, work)
     return res
 
@@ -545,11 +549,14 @@ def _run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
             try:
                 enc = st["encoder"](batch.docs)
             except BackendDisagreement as e:
+                seconds["tokenize"] += time.perf_counter() - t
                 raise BackendMismatch(task.index, batch.docs[e.index].line, e.backend) from None
             seconds["tokenize"] += time.perf_counter() - t
             t = time.perf_counter()
-            spot(batch.docs, enc)
-            seconds["spot_check"] += time.perf_counter() - t
+            try:
+                spot(batch.docs, enc)
+            finally:
+                seconds["spot_check"] += time.perf_counter() - t
             if not enc.keep.all():
                 for i, reason, detail in enc.errors:
                     bad.add(batch.docs[i].line, reason, detail)
@@ -561,6 +568,11 @@ def _run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
         seconds["task"] = time.perf_counter() - t_task
         res = out.finish(raws.n, bad, counts, dict(seconds), info,
                          in_task.dups if in_task is not None else None)
+    except BackendMismatch as e:
+        seconds["read"] -= seconds["clean"]
+        seconds["task"] = time.perf_counter() - t_task
+        e.seconds = dict(seconds)
+        raise
     finally:
         out.files.close()
     res.checks = {"backend": spec.backend, "spot_checks": spot.record()}
