@@ -32,7 +32,8 @@ def _check_block(name: str, lo: int, ids: np.ndarray, seg: np.ndarray, mask: np.
         if fail_first.any():
             fail("does not start with segment 1 (empty row or bad numbering)", fail_first)
         step = np.diff(seg, axis=1)
-        bad_step = ((step != 0) & (step != 1) & real[:, 1:]).any(axis=1)
+        # steps between two real tokens: a step out of padding is a gap, named by pad_inside
+        bad_step = ((step != 0) & (step != 1) & real[:, 1:] & real[:, :-1]).any(axis=1)
         if bad_step.any():
             fail("segment ids do not step by 0 or +1", bad_step)
         pad_inside = (real[:, 1:] & ~real[:, :-1]).any(axis=1)

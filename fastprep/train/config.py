@@ -27,9 +27,13 @@ class TrainConfig:
     out: str = option("runs/train", "folder for checkpoints, log.jsonl and the exported model")
     batch_size: int = option(8, "packed rows per micro-batch per rank")
     grad_accum: int = option(1, "micro-batches per optimizer step")
-    lr: float = option(3e-4, "peak learning rate")
+    lr: float = option(0.0, "peak learning rate (0 = auto: 2e-5 for a pretrained --model, gentle "
+                       "enough that full fine-tuning does not erase what it knows; 3e-4 for the "
+                       "random 'tiny', which has nothing to forget)")
     min_lr_ratio: float = option(0.1, "final lr as a fraction of --lr (cosine floor)")
-    warmup_steps: int = option(100, "linear warm-up steps")
+    warmup_steps: int = option(-1, "linear warm-up steps (-1 = --warmup-ratio of the run)")
+    warmup_ratio: float = option(0.05, "warm-up as a fraction of the optimizer steps, when "
+                                 "--warmup-steps is -1 (a short run still reaches the peak lr)")
     max_steps: int = option(0, "optimizer steps (0 = derive from --epochs)")
     epochs: float = option(1.0, "passes over the data when --max-steps is 0")
     weight_decay: float = option(0.1, "AdamW weight decay (matrices only)")
@@ -52,7 +56,30 @@ class TrainConfig:
     num_workers: int = option(1, "background threads building batches (0 = in the training thread)")
     prefetch: int = option(4, "batches built ahead of the training step")
     peak_tflops: float = option(0.0, "GPU bf16 peak TFLOP/s for MFU (0 = look the GPU up by name)")
-    export: bool = option(True, "write the final weights to OUT/model with save_pretrained")
+    export: bool = option(True, "write the final weights and the tokenizer to OUT/model "
+                          "(save_pretrained: from_pretrained loads both)")
+    val_data: str = option("", "a validation dataset (same tokenizer): its loss and perplexity "
+                           "every --eval-every steps and at the end")
+    eval_every: int = option(0, "steps between validation passes (0 = at the end only)")
+    eval_batches: int = option(0, "validation batches per pass (0 = the whole validation set)")
+    activation_checkpointing: bool = option(
+        False, "recompute each layer's activations in the backward pass: less memory, ~1/3 "
+        "more compute (see --estimate)")
+    estimate: bool = option(False, "print the parameters and the memory of weights, gradients, "
+                            "AdamW state and activations for this model, batch, length and dtype, "
+                            "then exit without training")
+
+    def peak_lr(self) -> float:
+        """``--lr``, with 0 resolved: gentle for a pretrained model, faster for random weights."""
+        if self.lr > 0:
+            return self.lr
+        return 3e-4 if self.model == TINY else 2e-5
+
+    def warmup(self, total_steps: int) -> int:
+        """Warm-up steps of a run of ``total_steps``."""
+        if self.warmup_steps >= 0:
+            return self.warmup_steps
+        return max(1, round(self.warmup_ratio * total_steps)) if self.warmup_ratio > 0 else 0
 
     def __post_init__(self) -> None:
         def need(ok: bool, flag: str, what: str) -> None:
@@ -64,9 +91,14 @@ class TrainConfig:
         need(bool(self.out), "out", "an output folder is required")
         need(self.batch_size > 0, "batch-size", f"must be positive, got {self.batch_size}")
         need(self.grad_accum > 0, "grad-accum", f"must be positive, got {self.grad_accum}")
-        need(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be a positive number, got {self.lr}")
+        need(self.lr >= 0 and math.isfinite(self.lr), "lr",
+             f"must be a positive number (0 = auto), got {self.lr}")
         need(0.0 <= self.min_lr_ratio <= 1.0, "min-lr-ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        need(self.warmup_steps >= 0, "warmup-steps", f"must be >= 0, got {self.warmup_steps}")
+        need(self.warmup_steps >= -1, "warmup-steps",
+             f"must be >= 0 (or -1 for --warmup-ratio), got {self.warmup_steps}")
+        need(0.0 <= self.warmup_ratio < 1.0, "warmup-ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        need(self.eval_every >= 0, "eval-every", f"must be >= 0, got {self.eval_every}")
+        need(self.eval_batches >= 0, "eval-batches", f"must be >= 0, got {self.eval_batches}")
         need(self.max_steps >= 0, "max-steps", f"must be >= 0, got {self.max_steps}")
         need(self.epochs > 0 or self.max_steps > 0, "epochs",
              f"must be positive when --max-steps is 0, got {self.epochs}")

@@ -158,6 +158,7 @@ class _Trainer:
     # float16 loss scaling (its range cannot hold small gradients); disabled otherwise, when
     # its calls pass straight through
     scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler(enabled=False))
+    val: PackedLoader | None = None  # --val-data, in order, every row once per pass
     step: int = 0
 
     def save(self) -> Path:
@@ -190,7 +191,7 @@ class _Trainer:
         self.step = int(state["step"])
 
     def _schedule(self) -> WarmupCosine:
-        return WarmupCosine(self.cfg.warmup_steps, self.total_steps, self.cfg.min_lr_ratio)
+        return WarmupCosine(self.cfg.warmup(self.total_steps), self.total_steps, self.cfg.min_lr_ratio)
 
 
 def _setup(cfg: TrainConfig, d: Dist) -> _Trainer:
@@ -206,28 +207,34 @@ def _setup(cfg: TrainConfig, d: Dist) -> _Trainer:
     rows = PackedRows(cfg.data)
     vocab = rows.data.manifest.vocab_size
     attn = default_attention(device) if cfg.attention == "auto" else cfg.attention
+    if attn == "flex_attention" and device.type == "cpu":
+        raise ValueError("--attention flex_attention: torch has no FlexAttention backward on CPU; "
+                         "use sdpa (the same document masking) or a GPU")
     model = load_model(cfg.model, vocab_size=vocab, max_position_embeddings=max(2048, rows.seq_len),
                        attn_implementation=attn, seed=cfg.seed)
     emb = model.get_input_embeddings().weight.shape[0]
     if emb < vocab:
         raise ValueError(f"--model {cfg.model}: {emb} embedding rows but the dataset's tokenizer has "
                          f"{vocab} ids; prepare the data with this model's tokenizer")
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(device)
     model.train()
     loader = PackedLoader(rows, cfg.batch_size, seed=cfg.seed, rank=d.rank, world_size=d.world_size,
                           num_workers=cfg.num_workers, prefetch=cfg.prefetch,
                           pin_memory=device.type == "cuda")
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(loader) / cfg.grad_accum))
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.peak_lr(),
                                   betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupCosine(cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
+        optimizer, WarmupCosine(cfg.warmup(total_steps), total_steps, cfg.min_lr_ratio))
     peak = (cfg.peak_tflops or peak_tflops(torch.cuda.get_device_name(device)) or 0.0) \
         if device.type == "cuda" else 0.0
     amp = autocast_dtype(cfg.dtype, device)
     t = _Trainer(cfg, d, device, out, model, model, optimizer, scheduler, loader, attn,
                  amp, count_parameters(model), peak, total_steps,
                  scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16))
+    t.val = _val_loader(cfg, rows, d)
     if resume_from is not None:
         t.resume(resume_from)
     if d.enabled:
@@ -237,6 +244,41 @@ def _setup(cfg: TrainConfig, d: Dist) -> _Trainer:
     if cfg.compile:
         t.fwd = torch.compile(t.fwd)
     return t
+
+
+def _val_loader(cfg: TrainConfig, train_rows: PackedRows, d: Dist) -> PackedLoader | None:
+    """The validation rows of ``--val-data``: the same tokenizer as the training data, each
+    rank a disjoint share, in order."""
+    if not cfg.val_data:
+        return None
+    rows = PackedRows(cfg.val_data)
+    want, got = (r.data.manifest.tokenizer.get("sha256") for r in (train_rows, rows))
+    if want != got:
+        raise ValueError(f"--val-data {cfg.val_data}: prepared with another tokenizer than "
+                         f"--data {cfg.data} (sha256 {got} vs {want}); prepare both with one")
+    return PackedLoader(rows, cfg.batch_size, shuffle=False, drop_last=False, rank=d.rank,
+                        world_size=d.world_size, num_workers=0)
+
+
+def evaluate(t: _Trainer) -> dict[str, float]:
+    """Token-mean loss (and perplexity) over the validation rows, summed over ranks."""
+    assert t.val is not None
+    t.model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=t.device)
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(t.val):
+                if t.cfg.eval_batches and i >= t.cfg.eval_batches:
+                    break
+                b = to_device(batch, t.device)
+                total[0] += loss_sum(t.model, b, t.attn, t.amp).double()
+                total[1] += float(batch["n_targets"])
+    finally:
+        t.val.epoch, t.val.position = 0, 0  # the same rows every pass
+        t.model.train()
+    loss_sum_all, targets = t.dist.all_reduce(total).tolist()
+    loss = loss_sum_all / max(targets, 1.0)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_targets": int(targets)}
 
 
 @dataclass
@@ -309,9 +351,25 @@ def train(cfg: TrainConfig, *, log: Callable[[dict[str, Any]], None] | None = No
     """
     d = init_distributed(cfg.device)
     try:
-        return _run(_setup(cfg, d), log or (lambda rec: print(json.dumps(rec), flush=True)))
+        return _run(_setup(cfg, d), log or _print_line)
     finally:
         close_distributed(d)
+
+
+def _print_line(rec: dict[str, Any]) -> None:
+    """A log record as one line a person reads (the JSON goes to log.jsonl)."""
+    if "val_loss" in rec and "loss" not in rec:
+        print(f"step {rec['step']:>6}  val loss {rec['val_loss']:.4f}  ppl {rec['val_ppl']:.2f}  "
+              f"({rec['val_targets']:,} targets)", flush=True)
+        return
+    parts = [f"step {rec['step']:>6}", f"loss {rec['loss']:.4f}", f"lr {rec['lr']:.2e}"]
+    if rec.get("grad_norm") is not None:
+        parts.append(f"grad {rec['grad_norm']:.3f}")
+    parts += [f"{rec['tokens_per_s']:,.0f} tok/s", f"pad {100 * rec['padding_fraction']:.1f}%",
+              f"data wait {100 * rec['data_wait_fraction']:.1f}%"]
+    if rec.get("mfu") is not None:
+        parts.append(f"MFU {100 * rec['mfu']:.1f}%")
+    print("  ".join(parts), flush=True)
 
 
 def _run(t: _Trainer, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -320,6 +378,7 @@ def _run(t: _Trainer, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     log_file = open(t.out / "log.jsonl", "a", encoding="utf-8") if rank == 0 else None
     batches = t.loader.forever()
     meter, losses, pending = _Meter(), [], []  # losses read back once per log line (1 sync)
+    vals: list[dict[str, Any]] = []
     record: dict[str, Any] = {}
     t_run = time.perf_counter()
     try:
@@ -338,11 +397,19 @@ def _run(t: _Trainer, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
                     emit(record)
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
+            if t.val is not None and ((cfg.eval_every and t.step % cfg.eval_every == 0)
+                                      or t.step == t.total_steps):
+                val = {"step": t.step, **evaluate(t)}
+                vals.append(val)
+                if log_file is not None:
+                    emit(val)
+                    log_file.write(json.dumps(val) + "\n")
+                    log_file.flush()
             if cfg.save_every and t.step % cfg.save_every == 0 and t.step < t.total_steps:
                 t.save()
         checkpoint = t.save()
         if cfg.export and rank == 0:
-            _export(t.model, t.out / "model")
+            _export(t.model, t.out / "model", t.loader.rows.data)
     finally:
         batches.close()  # stops the prefetch threads
         if log_file is not None:
@@ -356,15 +423,40 @@ def _run(t: _Trainer, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         "data_wait_fraction": tot["wait"] / max(tot["time"], 1e-9),
         "mfu": record.get("mfu"), "params": t.n_params, "attention": t.attn,
         "device": str(t.device), "elapsed_s": time.perf_counter() - t_run,
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(checkpoint), "validation": vals,
     }
 
 
-def _export(model: torch.nn.Module, path: Path) -> None:
-    """``save_pretrained`` into a temporary folder, then swap it in (no half-written model folder)."""
+def _export(model: torch.nn.Module, path: Path, data: Any) -> None:
+    """``save_pretrained`` and the dataset's tokenizer (``tokenizer.json`` and a
+    ``tokenizer_config.json`` naming its special tokens; the manifest records the chat
+    template's hash, not its text, so a template is not carried over), so
+    ``AutoTokenizer.from_pretrained`` loads it beside the model) into a temporary folder, then
+    swapped in (no half-written model folder)."""
+    from ..dataset.format import TOKENIZER_FILE
+
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
+    tok = data.manifest.tokenizer
+    src = data.path / tok.get("file", TOKENIZER_FILE)
+    if src.is_file():
+        shutil.copyfile(src, tmp / "tokenizer.json")
+        (tmp / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(src, tok), indent=2))
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
+
+
+def _tokenizer_config(tokenizer_json: Path, tok: dict[str, Any]) -> dict[str, Any]:
+    """transformers' ``tokenizer_config.json`` for the dataset's tokenizer and its choices."""
+    from tokenizers import Tokenizer
+
+    t = Tokenizer.from_file(str(tokenizer_json))
+    name = (lambda i: t.id_to_token(i) if i is not None else None)
+    cfg: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast",
+                           "bos_token": name(tok.get("bos_id")), "eos_token": name(tok.get("eos_id")),
+                           "pad_token": name(tok.get("pad_id")),
+                           "add_bos_token": bool(tok.get("add_bos")),
+                           "add_eos_token": bool(tok.get("add_eos"))}
+    return {k: v for k, v in cfg.items() if v is not None}

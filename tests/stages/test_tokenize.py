@@ -64,7 +64,7 @@ def test_special_tokens_named_on_the_command_line(tmp_path: Path, tokenizer_dir:
         bundle(tokenizer_dir, bos_token="99999")
 
 
-def test_text_docs_bos_eos_never_doubled(tokenizer_dir: Path, tokenizer) -> None:
+def test_text_docs_get_bos_and_eos_and_special_strings_stay_text(tokenizer_dir: Path, tokenizer) -> None:
     b = bundle(tokenizer_dir)
     enc = Encoder(b)([Doc(TEXT, 0, 1, text="alpha beta"), Doc(TEXT, 0, 2, text="<s>gamma delta</s>")])
     (a, ma), (c, mc) = split_docs(enc)
