@@ -284,6 +284,14 @@ def cmd_train(a: argparse.Namespace) -> int:
     from .train.config import TrainConfig
 
     cfg = from_args(TrainConfig, a)
+    if cfg.estimate:
+        try:
+            from .train.estimate import estimate, render
+        except ImportError as e:
+            raise ValueError(f"fastprep train needs the training extra ({e}): "
+                             f"pip install 'fastprep[train]'") from None
+        print(render(estimate(cfg)))
+        return 0
     try:
         from .train.loop import train
     except ImportError as e:
