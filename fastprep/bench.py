@@ -56,15 +56,17 @@ SCHEMA = "fastprep.bench/1"
 
 - ``machine``: ``cpu``, ``cores``, ``memory_gib``, ``platform``, ``python``, ``load_before``,
   ``load_after`` (1/5/15-minute load averages), ``versions`` (package -> version or null)
-- ``sample``: ``mode``, ``seed``, ``target_mb``, ``files``, ``bytes`` (raw bytes sampled),
-  ``records``, ``documents``, ``text_bytes`` (UTF-8 of the texts: the MB of every MB/s),
-  ``decompressed`` (files that were compressed)
+- ``sample``: ``mode``, ``seed``, ``target_mb``, ``files``, ``bytes`` (the records' bytes,
+  decompressed; Arrow bytes for Parquet), ``records``, ``documents``, ``text_bytes`` (UTF-8 of
+  the texts: the MB of every MB/s), ``decompressed`` (files that were compressed),
+  ``too_large`` (records over ``--max-record-bytes``, skipped unread)
 - ``backends``: list of ``backend``, ``threads``, ``supported``, ``reason`` (why not, or
   null), ``seconds``, ``mb_s``, ``tokens``, ``tokens_per_s``, ``ids_match`` (null when not run)
 - ``prepare``: ``backend``, ``seq_len``, ``workers``, ``dedupe``, ``wall_s``, ``mb_s``,
   ``tokens_per_s``, ``documents_kept``, ``tokens``, ``driver_cpu_s``, ``workers_cpu_s``,
-  ``stages`` (list of ``stage``, ``where`` = workers|driver, ``seconds``, ``wall_s`` = seconds
-  over the workers for worker stages), ``limit`` (the stage with the largest ``wall_s``)
+  ``stages`` (list of ``stage``, ``where`` = workers | driver (inline) | driver, ``seconds``,
+  ``wall_s`` = seconds over the processes that ran worker stages; the driver rows add up to
+  ``wall_s``), ``limit`` (the stage with the largest ``wall_s``)
 - ``packing``: list of ``seq_len``, ``mode``, ``efficiency``, ``rows``, ``documents_split``,
   ``documents_truncated``, ``padding_share``, ``plan_s``
 - ``loader``: ``skipped`` (null or why), ``seq_len``, ``batch_size``, ``batches``,
