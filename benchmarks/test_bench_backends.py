@@ -38,16 +38,9 @@ GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
 
 def byte_decoder() -> dict[str, int]:
     """GPT-2's byte-level alphabet, reversed: the character a vocabulary entry uses -> the byte."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    from fastprep.stages.encode import byte_alphabet
+
+    return byte_alphabet()
 
 
 def tiktoken_encoding(tokenizer_json: str) -> Any:

@@ -66,7 +66,7 @@ class Encoded:
     errors: list[tuple[int, str, str]]  # (index in batch, reason, detail)
 
 
-def _bytes_to_unicode() -> dict[str, int]:
+def byte_alphabet() -> dict[str, int]:
     """GPT-2's byte-level alphabet: printable character -> the byte it stands for."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
         list(range(ord("®"), ord("ÿ") + 1))
@@ -88,7 +88,7 @@ def _byte_lengths(cfg: dict[str, Any], vocab_size: int) -> np.ndarray | None:
         return None
     # every character of the byte-level alphabet stands for one byte; anything else (added
     # tokens are raw text) counts its UTF-8 bytes
-    drop = {ord(ch): None for ch in _bytes_to_unicode()}
+    drop = {ord(ch): None for ch in byte_alphabet()}
     out = np.zeros(vocab_size, dtype=np.int64)
     for token, i in (model.get("vocab") or {}).items():
         if i < vocab_size:
