@@ -184,9 +184,11 @@ def _copy_lines(src: str, dst: Path, kind: str, read: ReadConfig, budget: int,
     return n, records, large
 
 
-def _copy_runs(src: str, dst: Path, budget: int, opts: BenchOptions, file_index: int) -> tuple[int, int]:
+def _copy_runs(src: str, dst: Path, budget: int, opts: BenchOptions, file_index: int,
+               limit: int) -> tuple[int, int, int]:
     """``--sample seeded`` of an uncompressed JSONL file: runs of whole lines from seeded
-    positions, in file order (no run overlaps the one before)."""
+    positions, in file order (no run overlaps the one before); (bytes, records, lines over
+    ``limit`` skipped unread)."""
     size = os.path.getsize(src)
     rng = np.random.default_rng([opts.seed, file_index])
     # distinct 1 MiB slots of the file, one more than the budget needs (a run at the end of
@@ -194,26 +196,31 @@ def _copy_runs(src: str, dst: Path, budget: int, opts: BenchOptions, file_index:
     slots = -(-size // RUN_MIB)
     k = min(slots, -(-budget // RUN_MIB) + 1)
     starts = np.sort(rng.choice(slots, size=k, replace=False)) * RUN_MIB
-    n = records = 0
+    n = records = large = 0
     end = 0
     with open(src, "rb") as f, open(dst, "wb") as out:
+        lines = (lambda: _groups(f, "jsonl", "line", limit))
         for start in starts:
             if n >= budget:
                 break
             f.seek(max(int(start), end))
             if f.tell() > 0 and f.tell() != end:
-                f.readline()  # finish the line the position fell into: whole records only
+                next(lines(), None)  # finish the line the position fell into: whole records only
             run = 0
+            it = lines()
             while run < RUN_MIB and n < budget:
-                line = f.readline()
-                if not line:
+                line = next(it, False)
+                if line is False:
                     break
+                if line is None:
+                    large += 1
+                    continue
                 out.write(line)
                 run += len(line)
                 n += len(line)
                 records += 1
             end = f.tell()
-    return n, records
+    return n, records, large
 
 
 def _copy_parquet(src: str, dst: Path, budget: int, opts: BenchOptions, file_index: int
@@ -300,7 +307,8 @@ def make_sample(paths: tuple[str, ...], read: ReadConfig, opts: BenchOptions, fo
         if kind == "parquet":
             n, records = _copy_parquet(src, dst, min(share, left), opts, i)
         elif opts.sample == "seeded" and kind == "jsonl" and not is_compressed(src):
-            n, records = _copy_runs(src, dst, min(share, left), opts, i)
+            n, records, large = _copy_runs(src, dst, min(share, left), opts, i,
+                                           read.max_record_bytes)
         else:
             n, records, large = _copy_lines(src, dst, kind or "text", read, min(share, left),
                                             opts, i, p)

@@ -393,7 +393,8 @@ def test_sample_skips_records_over_the_record_limit_unread(tmp_path: Path) -> No
         f.write(json.dumps({"text": "x" * 3000}).encode() + b"\n")
         f.write(b'{"text": "' + b"y" * 50000 + b'"}\n')
         f.write(json.dumps({"text": "small"}).encode() + b"\n")
-    read, stats = make_sample((str(big),), ReadConfig(paths=(str(big),), max_record_bytes=10000),
-                              BenchOptions(mb=1), tmp_path / "s")
-    assert stats["too_large"] == 1 and stats["records"] == 2
-    assert b"yyyy" not in Path(read.paths[0]).read_bytes()
+    for mode in ("first", "seeded"):
+        read, stats = make_sample((str(big),), ReadConfig(paths=(str(big),), max_record_bytes=10000),
+                                  BenchOptions(mb=1, sample=mode), tmp_path / f"s-{mode}")
+        assert stats["too_large"] == 1 and stats["records"] == 2, mode
+        assert b"yyyy" not in Path(read.paths[0]).read_bytes()
