@@ -117,7 +117,6 @@ def child_limit(a: argparse.Namespace) -> dict[str, Any]:
 
 def child_hf(a: argparse.Namespace) -> dict[str, Any]:
     import datasets
-    import numpy as np
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
@@ -148,9 +147,18 @@ def child_hf(a: argparse.Namespace) -> dict[str, Any]:
     ds = datasets.load_dataset("json", data_files=a.input, split="train", cache_dir=a.workdir)
     n_docs = len(ds)
     ds = ds.map(process, batched=True, num_proc=num_proc, remove_columns=ds.column_names)
-    # nanoGPT data/openwebtext/prepare.py: one flat array; uint16 because vocab (32,000) < 2**16
+    arr_len = nanogpt_write(ds, Path(a.workdir) / "train.bin")
+    return {"seconds": time.perf_counter() - t0, "tokens": arr_len, "docs": n_docs}
+
+
+def nanogpt_write(ds: Any, path: Path) -> int:
+    """nanoGPT data/openwebtext/prepare.py's write: the ``ids`` column of a mapped dataset as
+    one flat uint16 ``train.bin`` (vocab < 2**16), filled from up to 1024 contiguous shards;
+    returns the token count."""
+    import numpy as np
+
     arr_len = int(np.sum(ds["len"], dtype=np.uint64))
-    arr = np.memmap(os.path.join(a.workdir, "train.bin"), dtype=np.uint16, mode="w+", shape=(arr_len,))
+    arr = np.memmap(path, dtype=np.uint16, mode="w+", shape=(arr_len,))
     total_batches = min(1024, len(ds))
     idx = 0
     for i in range(total_batches):
@@ -159,7 +167,7 @@ def child_hf(a: argparse.Namespace) -> dict[str, Any]:
         arr[idx: idx + len(arr_batch)] = arr_batch
         idx += len(arr_batch)
     arr.flush()
-    return {"seconds": time.perf_counter() - t0, "tokens": arr_len, "docs": n_docs}
+    return arr_len
 
 
 # ---------------------------------------------------------------------------- measuring

@@ -80,6 +80,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus as corpus_mod  # noqa: E402
+from bench_prepare import cpu_model  # noqa: E402
 
 CASES = ("fastprep", "hf-padded", "hf-flatten", "trl-bfd")
 BYTES_PER_TOKEN = 4.2   # the corpus tokenizer on this text (benchmarks/README.md)
@@ -93,16 +94,6 @@ CHECK_GUARD = 1e-3      # attention across documents must move the loss by more 
 
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def versions() -> dict[str, str]:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bench_prepare import nanogpt_write
 from suite import BENCH_HINT, Bench, Corpus, Ids, Sizes, first_mismatch
 
 pytestmark = pytest.mark.benchmark(group="prepare")
@@ -84,18 +85,8 @@ def peer_run(corpus: Corpus, workdir: Path) -> Path:
     ds = datasets.load_dataset("json", data_files=str(corpus.path), split="train",
                                cache_dir=str(workdir / "cache"))
     ds = ds.map(process, batched=True, remove_columns=ds.column_names)
-    # nanoGPT data/openwebtext/prepare.py: one flat array; uint16 because vocab < 2**16
-    arr_len = int(np.sum(ds["len"], dtype=np.uint64))
     path = workdir / "train.bin"
-    arr = np.memmap(path, dtype=np.uint16, mode="w+", shape=(arr_len,))
-    total_batches = min(1024, len(ds))
-    idx = 0
-    for i in range(total_batches):
-        batch = ds.shard(num_shards=total_batches, index=i, contiguous=True).with_format("numpy")
-        arr_batch = np.concatenate(batch["ids"])
-        arr[idx: idx + len(arr_batch)] = arr_batch
-        idx += len(arr_batch)
-    arr.flush()
+    nanogpt_write(ds, path)  # the same write as bench_prepare.py's hf-transformers case
     return path
 
 
