@@ -16,15 +16,16 @@ from typing import Any
 import numpy as np
 
 from ..io import AtomicFile, atomic_write_bytes
-from .format import ARRAYS, MANIFEST, Manifest, ShardInfo, shard_file, shard_name
+from .format import ARRAYS, MANIFEST, ROW_ARRAYS, Manifest, ShardInfo, shard_file, shard_name
 
 
 class ShardWriter:
     """Appends blocks of rows; cuts a new shard every ``shard_rows`` rows.
 
     ``dtypes`` fixes which arrays are written (``input_ids``, ``segment_ids`` and optionally
-    ``loss_mask``) and their on-disk dtypes. Call :meth:`add` with ``[n, L]`` blocks, then
-    :meth:`finish` with the rest of the manifest.
+    ``loss_mask`` and ``source``) and their on-disk dtypes. Call :meth:`add` with ``[n, L]``
+    blocks (``[n]`` for the per-row ``source``), then :meth:`finish` with the rest of the
+    manifest.
     """
 
     def __init__(self, out: Path, seq_len: int, dtypes: dict[str, np.dtype], shard_rows: int) -> None:
@@ -44,7 +45,9 @@ class ShardWriter:
     def _open(self) -> None:
         self._name = shard_name(len(self.shards))
         for a in self.arrays:
-            self._files[a] = AtomicFile(self.out / shard_file(self._name, a), direct=True)
+            # a per-row array is a few bytes per row: not worth direct I/O's aligned blocks
+            self._files[a] = AtomicFile(self.out / shard_file(self._name, a),
+                                        direct=a not in ROW_ARRAYS)
             self._hash[a] = hashlib.sha256()
         self._rows_in_shard = 0
 
@@ -64,7 +67,8 @@ class ShardWriter:
             take = min(n - start, self.shard_rows - self._rows_in_shard)
             for a in self.arrays:
                 part = np.ascontiguousarray(block[a][start:start + take], dtype=self.dtypes[a])
-                assert part.shape == (take, self.seq_len), (a, part.shape)
+                want = (take,) if a in ROW_ARRAYS else (take, self.seq_len)
+                assert part.shape == want, (a, part.shape)
                 data = part.data
                 self._files[a].write(data)
                 self._hash[a].update(data)

@@ -19,7 +19,7 @@ import itertools
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from collections.abc import Iterable, Iterator
+from collections.abc import Sequence, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -103,14 +103,18 @@ def open_backend(name: str, bundle: TokenizerBundle) -> Backend:
 
 
 def first_documents(files: list[str], read: ReadConfig, records: RecordConfig,
-                    clean: CleanConfig, limit: int = GATE_DOCS) -> list[Doc]:
-    """The run's first documents as the tasks will see them (bad records skipped)."""
-    mapper, cleaner = RecordMapper(records), Cleaner(clean)
+                    clean: CleanConfig, limit: int = GATE_DOCS,
+                    per_file: Sequence[RecordConfig] | None = None) -> list[Doc]:
+    """The run's first documents as the tasks will see them (bad records skipped);
+    ``per_file``: each file's own record mapping (a mix whose sources map fields apart)."""
+    cleaner = Cleaner(clean)
+    mappers = {r: RecordMapper(r) for r in {records, *(per_file or ())}}
     # a record larger than the gate takes is skipped by the reader, unparsed
     read = dataclasses.replace(read, max_record_bytes=min(read.max_record_bytes, 4 * GATE_CHARS))
     docs: list[Doc] = []
     chars = seen = 0
     for i, path in enumerate(files):
+        mapper = mappers[per_file[i] if per_file else records]
         for doc in usable_documents(itertools.islice(read_file(path, i, read), 4 * limit),
                                     mapper, cleaner):
             if seen > 16 * GATE_CHARS:  # enough looked at (a file of huge records)

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from ..dedupe.minhash import MinHashConfig
 from ..flags import option
 from ..stages.clean import CleanConfig
+from ..stages.mix import MixConfig, SplitConfig
 from ..stages.pack import PackConfig
 from ..stages.read import ReadConfig
 from ..stages.records import RecordConfig
@@ -39,6 +40,30 @@ class DedupeConfig:
 
 
 @dataclass(frozen=True)
+class DecontamConfig:
+    """Evaluation sets whose word n-grams no training document may share
+    (:mod:`fastprep.dedupe.decontam`). Read by the driver with the run's record mapping;
+    the index is built once and shared by the workers.
+
+    paths: evaluation files (``--decontaminate FILE...``); empty = off.
+    ngram: words per n-gram (13, as GPT-3's and OLMo's decontamination use).
+    """
+
+    paths: tuple[str, ...] = option((), cli=False)
+    ngram: int = option(13, "words per n-gram that --decontaminate matches",
+                        flag="--decontaminate-ngram")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ngram, int) or isinstance(self.ngram, bool) or self.ngram < 1:
+            raise ValueError(f"--decontaminate-ngram must be a positive number of words, got "
+                             f"{self.ngram!r}")
+
+    @property
+    def on(self) -> bool:
+        return bool(self.paths)
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything that decides the bytes of a dataset: recorded in its manifest, hashed for resume."""
 
@@ -48,11 +73,27 @@ class Recipe:
     clean: CleanConfig = field(default_factory=CleanConfig)
     dedupe: DedupeConfig = field(default_factory=DedupeConfig)
     pack: PackConfig = field(default_factory=PackConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    decontaminate: DecontamConfig = field(default_factory=DecontamConfig)
     shard_rows: int = option(0, "rows per shard (0: ~256 MiB of input_ids per shard)")
 
     def __post_init__(self) -> None:
         if self.shard_rows < 0:
             raise ValueError("--shard-rows must be >= 0 (0 = automatic)")
+        if self.split.on and not self.dedupe.exact:
+            # without dedupe a copy of a validation document could stay in training
+            raise ValueError("a validation split (--val-fraction/--val-docs) needs --dedupe exact "
+                             "or minhash, so that no copy of a validation document is trained on")
+        if self.mix.on:
+            missing = sorted(set(self.read.paths) - {p for s in self.mix.sources for p in s.paths})
+            if missing:
+                raise ValueError(f"with --mix every input belongs to a source; "
+                                 f"{', '.join(missing)} has no weight")
+
+    def source_records(self) -> tuple[RecordConfig, ...]:
+        """The record mapping of each mix source (its own, or the run's)."""
+        return tuple(s.records or self.records for s in self.mix.sources)
 
     def record(self) -> dict[str, Any]:
         """The recipe as plain JSON-able data (what the manifest records)."""

@@ -102,8 +102,15 @@ class Merger:
     open (:meth:`finish`). Its counts feed the manifest."""
 
     def __init__(self, cfg: PrepareConfig, files: list[str], work: Path, quarantine: Quarantine,
-                 spill: RunSpill) -> None:
+                 spill: RunSpill, file_source: np.ndarray | None = None) -> None:
         self.files, self.quarantine, self.spill, self.work = files, quarantine, spill, work
+        # the source (mix) of each input file; every document's statistics, in spill order
+        self.file_source = (np.zeros(len(files), np.uint8) if file_source is None
+                            else np.asarray(file_source, np.uint8))
+        self._docs: dict[str, list[np.ndarray]] = {"chars": [], "targets": [], "kind": [],
+                                                   "source": []}
+        self.records_by_file = np.zeros(len(files), np.int64)  # the mix's records read
+        self.decontam: dict[str, Any] = {}  # the manifest's decontamination section
         dedupe = cfg.recipe.dedupe
         self.report = (DedupeReport(cfg.run.dedupe_report, files)
                        if cfg.run.dedupe_report else None)
@@ -140,6 +147,7 @@ class Merger:
         for line, reason, detail, excerpt in res.bad:
             self.quarantine.add(f, off + line, reason, detail, excerpt)
         c = res.counts
+        self.records_by_file[f] += c.records_read
         self.counts.update(records_read=c.records_read, blank_lines=c.blank_lines,
                            exact_duplicates=c.exact_duplicates, text_chars=c.text_chars,
                            text_bytes=c.text_bytes)
@@ -163,7 +171,24 @@ class Merger:
             self._near(res, keep, ids)
         self.kinds += np.bincount(res.kinds[keep], minlength=len(KIND_NAMES))
         self.spill.append_task(res.lengths, keep, res.ids_path, res.mask_path)
+        self._add_docs(res)
         return int(res.lengths[keep].sum())
+
+    def _add_docs(self, res: TaskResult) -> None:
+        big = np.iinfo(np.uint32).max  # a document over 4G characters is clipped, not wrapped
+        d = self._docs
+        d["chars"].append(np.minimum(res.chars, big).astype(np.uint32))
+        d["targets"].append(np.minimum(res.targets, big).astype(np.uint32))
+        d["kind"].append(res.kinds.astype(np.uint8))
+        d["source"].append(np.full(len(res.lengths), self.file_source[res.task.file], np.uint8))
+
+    def documents(self) -> dict[str, np.ndarray]:
+        """Every merged document's characters, targets, kind and source, in spill order
+        (removed duplicates included: the caller keeps those it packs), handed over."""
+        empty = {"chars": np.uint32, "targets": np.uint32, "kind": np.uint8, "source": np.uint8}
+        out = {k: np.concatenate(v) if v else np.zeros(0, empty[k]) for k, v in self._docs.items()}
+        self._docs = {k: [] for k in self._docs}
+        return out
 
     def _report_task(self, res: TaskResult, off: int) -> None:
         """The task's documents for the report, and its in-task exact copies."""
@@ -219,6 +244,12 @@ class Merger:
                         "bytes_per_doc": round(self.minhash.bytes_per_doc, 1),
                         "sets_file_bytes": self.minhash.sets_file_bytes}
         return out, near
+
+    def decontam_record(self) -> dict[str, Any]:
+        """The manifest's ``decontamination`` section: the index's figures and what it removed."""
+        if not self.decontam:
+            return {}
+        return {**self.decontam, "contaminated": int(self.quarantine.counts.get("contaminated", 0))}
 
     def backend_record(self) -> dict[str, Any]:
         """The run's spot checks for the manifest's ``tokenizer.backend``."""

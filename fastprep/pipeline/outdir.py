@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from .._version import __version__
-from ..dataset.format import MANIFEST, OWNED_PREFIXES, WORK_DIR
+from ..dataset.format import MANIFEST, OWNED_NAMES, OWNED_PREFIXES, WORK_DIR
 from ..io import atomic_write_bytes
 from ..stages.tokenize import TokenizerSpec
 from .config import PrepareConfig
@@ -77,7 +77,7 @@ def claim(cfg: PrepareConfig, fp: str, notes: list[str]) -> int | None:
         out.mkdir(parents=True)
         return None
     names = os.listdir(out)
-    foreign = [n for n in names if not n.startswith(OWNED_PREFIXES)]
+    foreign = [n for n in names if not n.startswith(OWNED_PREFIXES) and n not in OWNED_NAMES]
     if foreign:
         raise OutputError(f"--out {out} holds files fastprep did not write ({', '.join(sorted(foreign)[:3])}"
                           f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder")

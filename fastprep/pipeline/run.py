@@ -22,7 +22,9 @@ parallelism settings.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import importlib.util
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,10 +39,12 @@ from collections.abc import Iterator
 import numpy as np
 
 from .._version import __version__
-from ..dataset.format import (QUARANTINE_FILE, TOKENIZER_FILE, WORK_DIR, Manifest, ids_dtype,
+from ..dataset.format import (DOCUMENT_DTYPE, DOCUMENTS_FILE, QUARANTINE_FILE, TOKENIZER_FILE, VAL_DIR,
+                              WORK_DIR, Manifest, ids_dtype,
                               segment_dtype)
 from ..dataset.write import ShardWriter
 from ..io import atomic_write_bytes
+from ..stages.mix import assign_sources
 from ..stages.pack import PackConfig, PackPlan, plan
 from ..stages.read import expand_paths, file_sizes
 from ..stages.chat import TemplateError
@@ -56,6 +60,7 @@ from .merge import Merger
 from .progress import Progress
 from .quarantine import NothingKept, Quarantine
 from .rows import row_blocks, warm_kernels
+from .select import Selection, document_table, mix_record, select, split_record
 from .spill import RunSpill
 from .tasks import (BackendMismatch, Task, TaskResult, TaskSpec, TaskStrictError, clear_stop,
                     load_result, plan_tasks, preload, run_task, stop_tasks_after)
@@ -101,6 +106,7 @@ class _Run:
     workers: int
     notes: list[str]
     backend: BackendChoice
+    file_source: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # mix source per file
     warm: threading.Thread | None = None  # loading the driver's numba kernels
     this_run: dict[str, int] = field(default_factory=dict)
     lengths: np.ndarray | None = None  # kept documents' token counts (collect_lengths)
@@ -121,7 +127,8 @@ class _Run:
                         batch_bytes=run.batch_bytes, strict=run.strict, backend=self.backend.name,
                         backend_explicit=run.tokenizer_backend != "auto",
                         spot_check=run.spot_check,
-                        report_id_field=run.id_field if run.dedupe_report else None)
+                        report_id_field=run.id_field if run.dedupe_report else None,
+                        source_records=r.source_records())
 
 
 def _warm_args(cfg: PrepareConfig, bundle: TokenizerBundle) -> tuple[Any, ...]:
@@ -193,8 +200,16 @@ def _resolve(cfg: PrepareConfig, files: list[str], bundle: TokenizerBundle, work
     if task_bytes is None:
         task_bytes = _task_bytes(cfg, files, workers)
         outdir.start_work(work, fp, task_bytes)
-    return _Run(cfg, files, bundle, out, work, plan_tasks(files, task_bytes), workers, notes,
-                backend)
+    fs = _file_sources(cfg, files)
+    tasks = [dataclasses.replace(t, source=int(fs[t.file])) for t in plan_tasks(files, task_bytes)]
+    return _Run(cfg, files, bundle, out, work, tasks, workers, notes, backend, fs)
+
+
+def _file_sources(cfg: PrepareConfig, files: list[str]) -> np.ndarray:
+    """The mix source of every input file (all 0 without a mix)."""
+    if not cfg.recipe.mix.on:
+        return np.zeros(len(files), np.uint8)
+    return assign_sources(files, cfg.recipe.mix.sources).astype(np.uint8)
 
 
 def _check_template(bundle: TokenizerBundle, chats: list[Any]) -> None:
@@ -218,7 +233,11 @@ def _choose_backend(cfg: PrepareConfig, bundle: TokenizerBundle, files: list[str
                     notes: list[str]) -> BackendChoice:
     r = cfg.recipe
     notes += bundle.notes
-    docs = first_documents(files, r.read, r.records, r.clean)
+    per_file = None
+    if r.mix.on:
+        by_source = r.source_records()
+        per_file = [by_source[int(k)] for k in _file_sources(cfg, files)]
+    docs = first_documents(files, r.read, r.records, r.clean, per_file=per_file)
     _check_template(bundle, [d for d in docs if d.kind == CHAT])
     if (bundle.eos_id is None and r.tokenize.eos != "never"
             and any(d.kind != CHAT for d in docs)):
@@ -315,35 +334,110 @@ def _load(task: Task, work: Path, itemsize: int, report: str | None) -> TaskResu
     return r
 
 
+@dataclass
+class _Written:
+    """What the write stage made: the training rows' plan and targets, the selection, the
+    documents table, and the validation set's manifest (or None)."""
+
+    packing: PackPlan
+    targets: int
+    sel: Selection
+    table: np.ndarray
+    val: Manifest | None = None
+
+
 def _write(run: _Run, spill: RunSpill, writer: ShardWriter, block: int,
-           seconds: dict[str, float], progress: Progress) -> tuple[PackPlan, int]:
-    """Plan the packing over the spill's lengths and write every row into shards; the plan
-    and the rows' training targets."""
+           seconds: dict[str, float], progress: Progress, docs: dict[str, np.ndarray]) -> _Written:
+    """Split and mix the kept documents, plan the packing and write every row into shards
+    (then the validation set's, into its own dataset)."""
     t = time.perf_counter()
     lengths, planned = spill.finish()
     doc_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=doc_offsets[1:])
     del lengths
-    packing = plan(planned, run.cfg.recipe.pack)  # removed duplicates have length 0: no piece
+    recipe = run.cfg.recipe
+    sel = select(recipe, planned, doc_offsets, docs["source"].astype(np.int64))
+    del doc_offsets
+    table = document_table(planned, docs, sel)
+    train = sel.train
+    packing = plan(train.lengths, recipe.pack, train.groups)  # removed documents: length 0
     if run.cfg.run.collect_lengths:
-        run.lengths = planned[planned > 0]
-    del planned
+        run.lengths = train.lengths[train.lengths > 0]
     seconds["pack"] = time.perf_counter() - t
     progress.stage("write", packing.n_rows, "rows")
-    # Two row buffers: one block is hashed and written (both release the GIL) while the next
-    # is read from the spill and filled.
-    targets = 0
+    out = _Written(packing, _write_rows(run, spill, writer, packing, train.starts, block, progress),
+                   sel, table)
+    if sel.val is not None:
+        out.val = _write_val(run, spill, sel, block, progress)
+    return out
+
+
+def _write_rows(run: _Run, spill: RunSpill, writer: ShardWriter, packing: PackPlan,
+                starts: np.ndarray, block: int, progress: Progress) -> int:
+    """Every row of ``packing`` into ``writer``; returns the rows' training targets. Two row
+    buffers: one block is hashed and written (both release the GIL) while the next is read
+    from the spill and filled."""
+    targets = lo = 0
     with ThreadPoolExecutor(1, thread_name_prefix="fastprep-write") as pool:
         pending: Future[int] | None = None
-        for rows in row_blocks(packing, doc_offsets, spill, spill.has_mask, block,
+        for rows in row_blocks(packing, starts, spill, spill.has_mask, block,
                                run.bundle.pad_id, run.ids_dt, run.seg_dt, buffers=2):
+            n = len(rows["input_ids"])
+            if packing.row_group is not None:
+                rows = {**rows, "source": packing.row_group[lo:lo + n].astype(np.uint8)}
+            lo += n
             if pending is not None:
                 targets += pending.result()
             pending = pool.submit(_write_block, writer, rows)
-            progress.advance(len(rows["input_ids"]))
+            progress.advance(n)
         if pending is not None:
             targets += pending.result()
-    return packing, targets
+    return targets
+
+
+def _write_val(run: _Run, spill: RunSpill, sel: Selection, block: int,
+               progress: Progress) -> Manifest:
+    """The validation set: a dataset of its own in ``OUT/val``, packed like the training rows
+    (without repeats: every validation document once), finished before the main manifest."""
+    assert sel.val is not None
+    recipe = run.cfg.recipe
+    out = run.out / VAL_DIR
+    out.mkdir(exist_ok=True)
+    packing = plan(sel.val.lengths, recipe.pack, sel.val.groups)
+    writer = ShardWriter(out, recipe.pack.seq_len, _dtypes(run, spill, recipe.mix.on),
+                         _shard_rows(run))
+    progress.stage("write validation set", packing.n_rows, "rows")
+    try:
+        targets = _write_rows(run, spill, writer, packing, sel.val.starts, block, progress)
+        atomic_write_bytes(out / TOKENIZER_FILE, run.bundle.json_bytes)
+        names = [{"name": s.name} for s in recipe.mix.sources]
+        return writer.finish(
+            fastprep_version=__version__,
+            tokenizer={**run.bundle.describe(), "file": TOKENIZER_FILE},
+            recipe=recipe.record(), inputs=file_sizes(run.files),
+            counts={**packing.counts(), "documents": int(np.count_nonzero(sel.val.lengths)),
+                    "target_tokens": targets},
+            packing=_pack_record(recipe.pack, packing),
+            split={"role": "validation", "of": ".."}, mix={"sources": names} if names else {})
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _dtypes(run: _Run, spill: RunSpill, mixed: bool) -> dict[str, np.dtype]:
+    """The arrays a dataset of this run holds, with their dtypes."""
+    dtypes = {"input_ids": run.ids_dt, "segment_ids": run.seg_dt}
+    if spill.has_mask:
+        dtypes["loss_mask"] = np.dtype(np.uint8)
+    if mixed:
+        dtypes["source"] = np.dtype(np.uint8)  # a mix holds at most 255 sources
+    return dtypes
+
+
+def _pack_record(pack: PackConfig, packing: PackPlan) -> dict[str, Any]:
+    return {"mode": pack.mode, "long_policy": pack.long_policy,
+            "efficiency": round(packing.efficiency, 6),
+            "dropped_token_share": round(packing.tokens_dropped / max(packing.tokens_in, 1), 6)}
 
 
 def _write_block(writer: ShardWriter, rows: dict[str, np.ndarray]) -> int:
@@ -376,23 +470,30 @@ def _counts(merger: Merger, quarantine: Quarantine, packing: PackPlan, targets: 
 
 
 def _publish(run: _Run, merger: Merger, quarantine: Quarantine, writer: ShardWriter,
-             packing: PackPlan, targets: int, dedupe_out: dict[str, Any]) -> Manifest:
-    """The dataset's last files (tokenizer copy, quarantine, dedupe report), then the
-    manifest: its rename is what makes the folder a finished dataset."""
+             written: _Written, dedupe_out: dict[str, Any]) -> Manifest:
+    """The dataset's last files (tokenizer copy, quarantine, documents, dedupe report), then
+    the manifest: its rename is what makes the folder a finished dataset."""
     recipe = run.cfg.recipe
     atomic_write_bytes(run.out / TOKENIZER_FILE, run.bundle.json_bytes)
     quarantine.close()
     merger.close_report(ok=True)
-    pack_out = {"mode": recipe.pack.mode, "long_policy": recipe.pack.long_policy,
-                "efficiency": round(packing.efficiency, 6),
-                "dropped_token_share": round(packing.tokens_dropped / max(packing.tokens_in, 1), 6)}
+    table = written.table
+    atomic_write_bytes(run.out / DOCUMENTS_FILE, table.tobytes())
+    documents = {"file": DOCUMENTS_FILE, "count": int(table.size),
+                 "dtype": [[n, DOCUMENT_DTYPE.fields[n][0].str] for n in DOCUMENT_DTYPE.names],
+                 "sha256": hashlib.sha256(table.tobytes()).hexdigest()}
     backend = {**run.backend.record(), **merger.backend_record()}
+    by_source = np.bincount(merger.file_source.astype(np.int64), weights=merger.records_by_file,
+                            minlength=max(len(recipe.mix.sources), 1))
     return writer.finish(fastprep_version=__version__,
                          tokenizer={**run.bundle.describe(), "file": TOKENIZER_FILE,
                                     "backend": backend},
                          recipe=recipe.record(), inputs=file_sizes(run.files),
-                         counts=_counts(merger, quarantine, packing, targets), packing=pack_out,
-                         dedupe=dedupe_out)
+                         counts=_counts(merger, quarantine, written.packing, written.targets),
+                         packing=_pack_record(recipe.pack, written.packing), dedupe=dedupe_out,
+                         mix=mix_record(written.sel, recipe, by_source),
+                         split=split_record(written.sel, recipe, written.val),
+                         decontamination=merger.decontam_record(), documents=documents)
 
 
 def _warnings(counts: dict[str, Any], packing: PackPlan, pack: PackConfig) -> list[str]:
@@ -452,7 +553,7 @@ def _execute(run: _Run, pool: Workers, t_start: float) -> PrepareStats:
     quarantine = Quarantine(run.out / QUARANTINE_FILE, run.files, cfg.run.strict)
     progress = Progress(False if cfg.run.quiet else cfg.run.progress)
     spill = RunSpill()
-    merger = Merger(cfg, run.files, run.work, quarantine, spill)
+    merger = Merger(cfg, run.files, run.work, quarantine, spill, run.file_source)
     writer: ShardWriter | None = None
     seconds: dict[str, float] = {}
     try:
@@ -465,18 +566,17 @@ def _execute(run: _Run, pool: Workers, t_start: float) -> PrepareStats:
             raise NothingKept(f"no dataset written: {why}")
         dedupe_out, near_out = merger.dedupe_record(cfg)
         merger.release_indexes()
+        docs = merger.documents()
         progress.stage("pack")
         t = time.perf_counter()
         shard_rows = _shard_rows(run)
-        dtypes = {"input_ids": run.ids_dt, "segment_ids": run.seg_dt}
-        if spill.has_mask:
-            dtypes["loss_mask"] = np.dtype(np.uint8)
-        writer = ShardWriter(run.out, L, dtypes, shard_rows)
+        writer = ShardWriter(run.out, L, _dtypes(run, spill, cfg.recipe.mix.on), shard_rows)
         # ~4M tokens per block (2,048 rows at L = 2048), at most one shard
-        packing, targets = _write(run, spill, writer, max(1, min(shard_rows, (4 << 20) // L)),
-                                  seconds, progress)
+        written = _write(run, spill, writer, max(1, min(shard_rows, (4 << 20) // L)),
+                         seconds, progress, docs)
         spill.close()
-        manifest = _publish(run, merger, quarantine, writer, packing, targets, dedupe_out)
+        packing = written.packing
+        manifest = _publish(run, merger, quarantine, writer, written, dedupe_out)
         seconds.update(merger.seconds)
         seconds["write"] = time.perf_counter() - t - seconds["pack"]
         seconds["total"] = time.perf_counter() - t_start

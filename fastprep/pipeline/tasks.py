@@ -49,6 +49,7 @@ class Task:
     start: int = 0       # byte range of an uncompressed JSONL file; (0, None) = whole file
     end: int | None = None
     size: int = 0        # bytes, for largest-first scheduling and progress
+    source: int = 0      # the mix source of its file (its record mapping)
 
 
 def plan_tasks(files: list[str], target_bytes: int) -> list[Task]:
@@ -84,6 +85,10 @@ class TaskSpec:
     backend_explicit: bool = False  # asked for by name: a spot-check mismatch is an error
     spot_check: float = 0.0      # share of documents re-encoded with tokenizers
     report_id_field: str | None = None  # --dedupe-report: save each document's id and excerpt
+    source_records: tuple[RecordConfig, ...] = ()  # a mix: each source's record mapping
+
+    def records_for(self, task: Task) -> RecordConfig:
+        return self.source_records[task.source] if self.source_records else self.records
 
     @property
     def ids_dtype(self) -> np.dtype:
@@ -167,6 +172,8 @@ class TaskResult:
     lengths: np.ndarray                   # int64 [docs]
     lines: np.ndarray                     # int64 [docs], local line numbers
     kinds: np.ndarray                     # uint8 [docs]
+    chars: np.ndarray                     # int64 [docs], characters of the cleaned texts
+    targets: np.ndarray                   # int64 [docs], tokens whose loss mask is 1
     digests: np.ndarray | None            # uint64 [docs, 2]
     signatures: np.ndarray | None         # MinHash signatures [docs, num_perm]
     set_values: np.ndarray | None         # uint32 shingle sets MinHash compares (verify="exact")
@@ -199,7 +206,8 @@ def _stages(spec: TaskSpec) -> dict[str, Any]:
         bundle = TokenizerBundle.from_spec(spec.tokenizer)
         encoder = Encoder(bundle, open_backend(spec.backend, bundle))
         _STATE.clear()
-        _STATE.update(spec=spec, mapper=RecordMapper(spec.records), cleaner=Cleaner(spec.clean),
+        mappers = {r: RecordMapper(r) for r in {spec.records, *spec.source_records}}
+        _STATE.update(spec=spec, mappers=mappers, cleaner=Cleaner(spec.clean),
                       encoder=encoder, reference=Encoder(bundle, encoder.reference))
     return _STATE
 
@@ -313,15 +321,15 @@ class _DocInfo:
         self.rows.append([raw.line, rid, text[:120] + ("..." if len(text) > 120 else "")])
 
 
-def _documents(raws: Iterable[Raw], st: dict[str, Any], counts: TaskCounts,
-               bad: _BadRecords, info: _DocInfo | None = None,
+def _documents(raws: Iterable[Raw], st: dict[str, Any], records: RecordConfig,
+               counts: TaskCounts, bad: _BadRecords, info: _DocInfo | None = None,
                seconds: Counter[str] | None = None) -> Iterator[Doc]:
     """read -> map -> clean: the documents of the raw records, bad ones quarantined. The time
     spent mapping and cleaning adds to ``seconds["clean"]`` (what reading costs is the rest of
     the time the caller waits for documents)."""
     from ..stages.records import RecordError
 
-    mapper, cleaner = st["mapper"], st["cleaner"]
+    mapper, cleaner = st["mappers"][records], st["cleaner"]
     seconds = Counter() if seconds is None else seconds
     clock = time.perf_counter
     for raw in raws:
@@ -443,12 +451,16 @@ class _TaskOutput:
                                              ("lengths", "digests", "sigs", "sets")}
         self.lines: list[int] = []
         self.kinds: list[int] = []
+        self.chars: list[int] = []
+        self.targets: list[np.ndarray] = []
 
     def add(self, batch: _Batch, enc: Encoded) -> None:
         self.files.append(enc.ids.astype(self.dtype, copy=False), enc.loss_mask)
         self.parts["lengths"].append(enc.lengths)
         self.lines.extend(d.line for d in batch.docs)
         self.kinds.extend(d.kind for d in batch.docs)
+        self.chars.extend(d.chars for d in batch.docs)
+        self.targets.append(doc_targets(enc.lengths, enc.loss_mask))
         for key, value in (("digests", batch.digests), ("sigs", batch.sigs), ("sets", batch.sets)):
             if value is not None:
                 self.parts[key].append(value)
@@ -478,6 +490,8 @@ class _TaskOutput:
             lengths=cat("lengths", np.zeros(0, np.int64)),
             lines=np.asarray(self.lines, dtype=np.int64),
             kinds=np.asarray(self.kinds, dtype=np.uint8),
+            chars=np.asarray(self.chars, dtype=np.int64),
+            targets=cat_targets(self.targets),
             digests=cat("digests", np.zeros((0, 2), np.uint64)) if spec.exact else None,
             signatures=(np.concatenate(p["sigs"]) if p["sigs"] else None)
             if spec.minhash is not None else None,
@@ -487,6 +501,21 @@ class _TaskOutput:
             mask_path=str(self.files.mask_path) if self.files.has_mask else None,
             seconds=seconds, dups=None if info is None else (dups or []),
             report_id_field=None if info is None else info.id_field)
+
+
+def doc_targets(lengths: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Tokens with loss mask 1 per document (all of them without a mask): what
+    ``documents.bin`` records for the report's target shares."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if mask is None:
+        return lengths.copy()
+    ends = np.cumsum(lengths)
+    ones = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+    return ones[ends] - ones[ends - lengths]
+
+
+def cat_targets(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
@@ -524,7 +553,8 @@ def _run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
     t_task = time.perf_counter()
     # the stage split (fastprep bench, --json): reading is the wait for documents minus mapping
     # and cleaning, which _documents times itself
-    batches = _batches(_documents(raws, st, counts, bad, info, seconds), spec.batch_bytes)
+    batches = _batches(_documents(raws, st, spec.records_for(task), counts, bad, info, seconds),
+                       spec.batch_bytes)
     try:
         while True:
             t = time.perf_counter()
@@ -602,8 +632,8 @@ def task_docs(work: str | Path, task: Task) -> Path:
     return task_file(work, task, "docs.json")
 
 
-_ARRAYS = ("lengths", "lines", "kinds", "digests", "signatures", "set_values",
-           "set_offsets")
+_ARRAYS = ("lengths", "lines", "kinds", "chars", "targets", "digests", "signatures",
+           "set_values", "set_offsets")
 
 
 def save_result(res: TaskResult, work: str | Path) -> None:
@@ -636,6 +666,8 @@ def load_result(task: Task, work: str | Path, itemsize: int,
             arrays = {k: z[k] if k in z.files else None for k in _ARRAYS}
         ids_path = task_file(work, task, "ids.bin")
         mask_path = task_file(work, task, "loss_mask.bin") if meta["has_mask"] else None
+        if arrays["chars"] is None or arrays["targets"] is None:
+            return None  # saved by a fastprep that kept no per-document statistics: rerun it
         n_tokens = int(arrays["lengths"].sum())
         if ids_path.stat().st_size != n_tokens * itemsize:
             return None

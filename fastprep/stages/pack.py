@@ -111,6 +111,8 @@ class PackPlan:
     docs_split: int            # documents cut into more than one piece
     docs_truncated: int        # documents that lost tokens (truncate policy)
     seq_len: int               # L: fill_rows needs it to shape rows
+    # int64 [n_rows], the group (source) of every output row when packed by groups, else None
+    row_group: np.ndarray | None = None
 
     @property
     def efficiency(self) -> float:
@@ -175,19 +177,57 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def plan(lengths: npt.ArrayLike, cfg: PackConfig) -> PackPlan:
+def _grouped_pieces(lengths: np.ndarray, groups: np.ndarray, cfg: PackConfig
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int, int,
+                               np.ndarray]:
+    """Pieces of each group packed on their own (a row never mixes groups), groups in
+    ascending order, each group's rows after the previous group's; plus each packed row's
+    group."""
+    parts: list[tuple[np.ndarray, ...]] = []
+    row_group: list[np.ndarray] = []
+    n_rows = n_split = n_trunc = 0
+    for g in np.unique(groups).tolist():
+        idx = np.flatnonzero(groups == g)
+        doc, start, size, row, k, s, t = _rows_for_pieces(lengths[idx], cfg)
+        parts.append((idx[doc], start, size, row + n_rows))
+        row_group.append(np.full(k, g, np.int64))
+        n_rows, n_split, n_trunc = n_rows + k, n_split + s, n_trunc + t
+    if not parts:
+        e = np.zeros(0, np.int64)
+        return e, e, e, e, 0, 0, 0, e
+    doc, start, size, row = (np.concatenate(c) for c in zip(*parts))
+    return doc, start, size, row, n_rows, n_split, n_trunc, np.concatenate(row_group)
+
+
+def plan(lengths: npt.ArrayLike, cfg: PackConfig, groups: npt.ArrayLike | None = None) -> PackPlan:
     """Plan the packing of documents with the given token counts (``>= 0``; empty documents produce
-    no piece). Deterministic: same lengths and config, same plan."""
+    no piece). Deterministic: same lengths and config, same plan.
+
+    ``groups`` (one integer per document, e.g. its source): pack each group on its own, so
+    every row holds documents of one group only (``row_group`` says which); rows of all groups
+    are then shuffled together."""
     kernels = _kernels()
     lengths = _as_lengths(lengths)
-    doc, start, size, row, n_rows, n_split, n_trunc = _rows_for_pieces(lengths, cfg)
+    row_group = None
+    if groups is None:
+        doc, start, size, row, n_rows, n_split, n_trunc = _rows_for_pieces(lengths, cfg)
+    else:
+        g = np.asarray(groups, dtype=np.int64)
+        if g.shape != lengths.shape:
+            raise ValueError(f"groups must give one group per document: {g.shape} for "
+                             f"{lengths.shape} lengths")
+        doc, start, size, row, n_rows, n_split, n_trunc, row_group = _grouped_pieces(lengths, g, cfg)
+    order = _row_order(n_rows, cfg)
     doc, start, size, row, offset, segment = kernels.layout_rows(doc, start, size, row, n_rows,
-                                                           _row_order(n_rows, cfg))
+                                                                 order)
+    if row_group is not None and order.size:
+        row_group = row_group[order]  # output row j holds packed row order[j]
     return PackPlan(piece_doc=_frozen(doc), piece_start=_frozen(start), piece_len=_frozen(size),
                     piece_row=_frozen(row), piece_offset=_frozen(offset),
                     piece_segment=_frozen(segment), n_rows=n_rows, tokens_in=int(lengths.sum()),
                     tokens_kept=int(size.sum()), docs_split=n_split, docs_truncated=n_trunc,
-                    seq_len=cfg.seq_len)
+                    seq_len=cfg.seq_len,
+                    row_group=None if row_group is None else _frozen(row_group))
 
 
 def _check_fill_args(p: PackPlan, tokens: np.ndarray, doc_offsets: np.ndarray, lo: int, hi: int,
