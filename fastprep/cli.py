@@ -30,6 +30,31 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     _add_recipe(p)
     add_options(p.add_argument_group("run"), RunOptions, "run__")
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    _add_sources(p)
+
+
+def _add_sources(p: argparse.ArgumentParser) -> None:
+    """Mixing and decontamination: inputs given with weights, evaluation sets to keep out."""
+    from .stages.mix import parse_mix
+
+    g = p.add_argument_group("mixing and evaluation sets")
+    def mix_item(item: str) -> Any:
+        try:
+            return parse_mix(item)
+        except ValueError as e:  # argparse would replace the message with its own
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    g.add_argument("--mix", nargs="+", action="extend", type=mix_item, metavar="PATH=WEIGHT",
+                   help="inputs with weights, shares of output tokens (instead of positional "
+                        "inputs): down-sampled or repeated by whole documents")
+    g.add_argument("--recipe", metavar="FILE", help="a TOML recipe: options and [[source]] "
+                   "tables (paths, weight, own shape and fields); command-line flags win")
+    g.add_argument("--decontaminate", nargs="+", action="extend", metavar="FILE", default=[],
+                   help="evaluation sets (JSONL/Parquet/text, the run's field mapping): training "
+                        "documents sharing a --decontaminate-ngram with them are removed and "
+                        "quarantined as contaminated")
+    inputs = next(a for a in p._actions if a.dest == "read__paths")
+    inputs.nargs = "*"  # --mix / --recipe give the inputs instead
 
 
 def _add_recipe(p: argparse.ArgumentParser) -> None:
@@ -76,6 +101,28 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bar and no table")
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page of plots: lengths, packing, "
+                       "counts, loss and data balance", description="a report of a prepared "
+                       "dataset: the HTML embeds its plots (PNG) and their numbers (JSON)")
+    p.add_argument("path", help="the dataset folder")
+    p.add_argument("--out", metavar="FILE", default="report.html",
+                   help="the HTML file to write (default: report.html)")
+    p.add_argument("--png-dir", metavar="DIR", default=None, help="also write each plot as DIR/NAME.png")
+    p.add_argument("--json", metavar="FILE", default=None, help="also write the figures' numbers as JSON")
+    p.add_argument("--flag-terms", metavar="FILE", default=None,
+                   help="terms to count per source in the decoded text (one per line, # comments)")
+    p.add_argument("--dedupe-report", metavar="FILE", default=None,
+                   help="the JSONL of `prepare --dedupe-report`: the largest duplicate clusters")
+    p.add_argument("--sample-rows", metavar="N", type=int, default=20_000,
+                   help="rows decoded for the text figures, a seeded sample when there are more "
+                        "(default: 20000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the row sample")
+    p.add_argument("--row", metavar="N", type=int, default=None,
+                   help="the row rendered token by token (default: a sampled row with targets)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
 def config_from_args(a: argparse.Namespace, **run: Any) -> Any:
     """The :class:`fastprep.PrepareConfig` of parsed ``prepare`` arguments (``run`` sets run
     options directly)."""
@@ -91,8 +138,42 @@ def config_from_args(a: argparse.Namespace, **run: Any) -> Any:
             seed = a.pack__seed
         minhash = from_args(MinHashConfig, a, "minhash__", seed=seed or 0)
     dedupe = DedupeConfig(exact=a.dedupe != "none", minhash=minhash)
-    return PrepareConfig(recipe=from_args(Recipe, a, dedupe=dedupe),
+    extra = _source_fields(a)
+    return PrepareConfig(recipe=from_args(Recipe, a, dedupe=dedupe, **extra),
                          run=from_args(RunOptions, a, "run__", **run))
+
+
+def _source_fields(a: argparse.Namespace) -> dict[str, Any]:
+    """The recipe fields --mix, --recipe and --decontaminate set (read, mix, decontaminate)."""
+    import dataclasses
+
+    from . import recipe as recipe_file
+    from .flags import from_args as fields_of
+    from .dedupe.decontam import DecontamConfig
+    from .stages.mix import MixConfig
+    from .stages.read import ReadConfig
+    from .stages.records import RecordConfig
+
+    out: dict[str, Any] = {}
+    decontam = fields_of(DecontamConfig, a, "decontaminate__")
+    out["decontaminate"] = dataclasses.replace(decontam, paths=tuple(getattr(a, "decontaminate", [])))
+    sources: tuple[Any, ...] = ()
+    if getattr(a, "recipe", None):
+        sources = recipe_file.sources(recipe_file.load(a.recipe), fields_of(RecordConfig, a, "records__"),
+                                      a.recipe)
+    if getattr(a, "mix", None):
+        if sources:
+            raise ValueError("give the sources either in the --recipe file or with --mix, not both")
+        sources = recipe_file.mix_sources(a.mix)
+    paths = tuple(a.read__paths or ())
+    if sources:
+        if paths:
+            raise ValueError(f"with --mix or a recipe's sources the inputs are the sources' paths; "
+                             f"drop the positional input(s) {' '.join(paths)}")
+        paths = tuple(dict.fromkeys(p for src in sources for p in src.paths))
+    out["read"] = fields_of(ReadConfig, a, "read__", paths=paths)
+    out["mix"] = dataclasses.replace(fields_of(MixConfig, a, "mix__"), sources=sources)
+    return out
 
 
 def _fmt(n: Any) -> str:
@@ -148,6 +229,26 @@ def summary_lines(counts: dict[str, Any], packing: dict[str, Any], seq_len: int,
     return lines
 
 
+def recipe_lines(m: Any) -> list[str]:
+    """The mix, the validation set and decontamination of a dataset's manifest, for people."""
+    lines = []
+    for src in m.mix.get("sources", []) if m.mix.get("tokens") is not None else []:
+        what = (f"repeated, {src['epochs']:.2f} epochs" if src["epochs"] > 1 + 1e-9 else
+                f"{100 * src['epochs']:.1f}% of it used")
+        lines.append(f"mix source          {src['name']}: share {100 * src['share']:.2f}% "
+                     f"(weight {100 * src['weight']:.2f}%), {_fmt(src['tokens_used'])} of "
+                     f"{_fmt(src['tokens'])} tokens, {what}")
+    if m.split:
+        lines.append(f"validation set      {_fmt(m.split['val_documents'])} documents, "
+                     f"{_fmt(m.split['val_rows'])} rows, {_fmt(m.split['val_tokens'])} tokens "
+                     f"-> {m.split['val_dir']}/")
+    d = m.decontamination
+    if d:
+        lines.append(f"decontaminated      {_fmt(d['contaminated'])} documents shared a "
+                     f"{d['ngram']}-gram with {_fmt(d['eval_documents'])} evaluation documents")
+    return lines
+
+
 def cmd_prepare(a: argparse.Namespace) -> int:
     from .pipeline.run import prepare
 
@@ -162,7 +263,8 @@ def cmd_prepare(a: argparse.Namespace) -> int:
         print(json.dumps(stats.to_dict(), indent=2))
     elif not cfg.run.quiet:
         print("\n".join(summary_lines(stats.counts, stats.packing, stats.manifest.seq_len,
-                                      stats.seconds, stats.out, stats.this_run)))
+                                      stats.seconds, stats.out, stats.this_run)
+                        + recipe_lines(stats.manifest)))
         print(f"dataset             {stats.out}")
     return 0
 
@@ -206,8 +308,8 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     tok = m.tokenizer
     print(f"tokenizer           vocab {tok['vocab_size']:,}, bos {tok['bos_id']}, eos {tok['eos_id']}, "
           f"pad {tok['pad_id']}, sha256 {tok['sha256'][:12]}")
-    if m.counts:
-        print("\n".join(summary_lines(m.counts, m.packing, m.seq_len)))
+    if m.counts and "records_read" in m.counts:
+        print("\n".join(summary_lines(m.counts, m.packing, m.seq_len) + recipe_lines(m)))
     if ds.rows == 0:
         print("(no rows)")
         return 0
@@ -237,6 +339,22 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report.build import ReportOptions, build_report
+
+    opts = ReportOptions(out=a.out, png_dir=a.png_dir, json=a.json, flag_terms=a.flag_terms,
+                         dedupe_report=a.dedupe_report, sample_rows=a.sample_rows, seed=a.seed,
+                         row=a.row)
+    result = build_report(a.path, opts)
+    if not a.quiet:
+        s, f = result["seconds"], result["figures"]
+        print(f"report              {a.out}  ({f['dataset']['rows']:,} rows, "
+              f"{f['sample']['rows_sampled']:,} decoded, {s['total']:.2f} s)")
+        for path in result["files"][1:]:
+            print(f"                    {path}")
+    return 0
+
+
 def cmd_verify(a: argparse.Namespace) -> int:
     from .dataset.verify import verify
 
@@ -261,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
     _add_bench(sub)
+    _add_report(sub)
     p = sub.add_parser("inspect", help="counts, efficiency, dtypes and a decoded sample row")
     p.add_argument("path")
     p.add_argument("--row", type=int, default=0)
@@ -304,7 +423,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"prepare": cmd_prepare, "bench": cmd_bench, "inspect": cmd_inspect, "verify": cmd_verify,
-            "sample": cmd_sample, "train": cmd_train}
+            "report": cmd_report, "sample": cmd_sample, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,8 +455,28 @@ def _exit_now(rc: int) -> None:
 
 def _main(argv: list[str]) -> tuple[int, str]:
     """(exit status, command)."""
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    if argv[:1] == ["prepare"] and "--recipe" in argv[1:]:
+        try:
+            argv = _with_recipe(argv, parser)
+        except ValueError as e:
+            print(f"fastprep: error: {e}", file=sys.stderr)
+            return 2, "prepare"
+    a = parser.parse_args(argv)
     return _run(a), a.command
+
+
+def _with_recipe(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``prepare`` arguments with the recipe file's options placed before the command line's
+    own (so that those win)."""
+    from . import recipe as recipe_file
+
+    i = argv.index("--recipe")
+    if i + 1 >= len(argv):
+        raise ValueError("--recipe needs a FILE")
+    path = argv[i + 1]
+    prepare = parser._subparsers._group_actions[0].choices["prepare"]  # type: ignore[union-attr]
+    return ["prepare", *recipe_file.options_argv(recipe_file.load(path), prepare, path), *argv[1:]]
 
 
 def _run(a: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ PKG = ROOT / "fastprep"
 RANK = {"_version": 0, "io": 0, "flags": 0, "kernels": 0,
         "dataset": 1, "stages": 1, "dedupe": 1,
         "pipeline": 2, "train": 2,
-        "cli": 3, "sample": 3, "bench": 3, "hf": 3, "__init__": 3, "__main__": 3}
+        "cli": 3, "sample": 3, "bench": 3, "report": 3, "hf": 3, "recipe": 3, "__init__": 3, "__main__": 3}
 TRAIN_MAY_IMPORT = {"_version", "io", "flags", "dataset", "train"}
 # Functions over MAX_LINES must be numba kernels (or their twins) and carry a "# long:"
 # comment on the line above saying why one function is the clearer form.

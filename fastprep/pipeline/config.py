@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..dedupe.decontam import DecontamConfig
 from ..dedupe.minhash import MinHashConfig
 from ..flags import option
 from ..stages.clean import CleanConfig
@@ -37,30 +38,6 @@ class DedupeConfig:
 
     exact: bool = option(True, cli=False)
     minhash: MinHashConfig | None = option(None, cli=False)
-
-
-@dataclass(frozen=True)
-class DecontamConfig:
-    """Evaluation sets whose word n-grams no training document may share
-    (:mod:`fastprep.dedupe.decontam`). Read by the driver with the run's record mapping;
-    the index is built once and shared by the workers.
-
-    paths: evaluation files (``--decontaminate FILE...``); empty = off.
-    ngram: words per n-gram (13, as GPT-3's and OLMo's decontamination use).
-    """
-
-    paths: tuple[str, ...] = option((), cli=False)
-    ngram: int = option(13, "words per n-gram that --decontaminate matches",
-                        flag="--decontaminate-ngram")
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.ngram, int) or isinstance(self.ngram, bool) or self.ngram < 1:
-            raise ValueError(f"--decontaminate-ngram must be a positive number of words, got "
-                             f"{self.ngram!r}")
-
-    @property
-    def on(self) -> bool:
-        return bool(self.paths)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ from ..stages.chat import TemplateError
 from ..stages.records import CHAT, KIND_NAMES
 from ..stages.tokenize import TokenizerBundle, TokenizerError
 from ..stages.backends import BackendError, support
-from . import outdir
+from . import decontam, outdir
 from .backend import BackendChoice, choose, first_documents, preload_backend, release_backends
 from .config import PrepareConfig
 from .executor import (ExecutorOptions, Hooks, Workers, available_cores, exit_if_importing_main,
@@ -107,6 +107,7 @@ class _Run:
     notes: list[str]
     backend: BackendChoice
     file_source: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # mix source per file
+    decontam: dict[str, Any] = field(default_factory=dict)  # the index's manifest section
     warm: threading.Thread | None = None  # loading the driver's numba kernels
     this_run: dict[str, int] = field(default_factory=dict)
     lengths: np.ndarray | None = None  # kept documents' token counts (collect_lengths)
@@ -128,7 +129,9 @@ class _Run:
                         backend_explicit=run.tokenizer_backend != "auto",
                         spot_check=run.spot_check,
                         report_id_field=run.id_field if run.dedupe_report else None,
-                        source_records=r.source_records())
+                        source_records=r.source_records(),
+                        decontam=(decontam.display_names(decontam.eval_files(r))
+                                  if r.decontaminate.enabled else None))
 
 
 def _warm_args(cfg: PrepareConfig, bundle: TokenizerBundle) -> tuple[Any, ...]:
@@ -184,16 +187,24 @@ def _workers(cfg: PrepareConfig, files: list[str], bundle: TokenizerBundle) -> W
     fast = run.tokenizer_backend != "hf" and support(bundle.config, "fastokens") is None
     if fast and importlib.util.find_spec("fastokens") is not None:
         preload_backend("fastokens", bundle.json_bytes, wait=False)  # for the gate, in a thread
-    warm = functools.partial(preload, bundle.spec.file, fast, cfg.recipe.dedupe.minhash is not None)
+    warm = functools.partial(preload, bundle.spec.file, fast, cfg.recipe.dedupe.minhash is not None,
+                             cfg.recipe.decontaminate.enabled)
     early = len(plan_tasks(files, _task_bytes(cfg, files, opts.workers))) > 1
     return Workers(opts, warm, start=early)
 
 
-def _resolve(cfg: PrepareConfig, files: list[str], bundle: TokenizerBundle, workers: int) -> _Run:
-    """The backend and the output folder, decided before any task; the tasks planned."""
+def _resolve(cfg: PrepareConfig, files: list[str], bundle: TokenizerBundle, workers: int,
+             index: decontam.Builder | None = None) -> _Run:
+    """The backend and the output folder, decided before any task; the tasks planned (and the
+    decontamination index, building in a thread since the run began, saved)."""
     notes: list[str] = []
+    evals = decontam.eval_files(cfg.recipe)
+    overlap = sorted(set(map(os.path.abspath, evals)) & set(map(os.path.abspath, files)))
+    if overlap:
+        raise ValueError(f"{overlap[0]} is both an input and a --decontaminate evaluation set: "
+                         f"every document of it would be removed")
     backend = _choose_backend(cfg, bundle, files, notes)
-    fp = outdir.fingerprint(cfg, files, bundle.spec)
+    fp = outdir.fingerprint(cfg, files + evals, bundle.spec)  # an edited eval set changes bytes
     task_bytes = outdir.claim(cfg, fp, notes)
     out = Path(cfg.run.out)
     work = out.resolve() / WORK_DIR  # absolute: tasks may run in another working folder
@@ -202,7 +213,14 @@ def _resolve(cfg: PrepareConfig, files: list[str], bundle: TokenizerBundle, work
         outdir.start_work(work, fp, task_bytes)
     fs = _file_sources(cfg, files)
     tasks = [dataclasses.replace(t, source=int(fs[t.file])) for t in plan_tasks(files, task_bytes)]
-    return _Run(cfg, files, bundle, out, work, tasks, workers, notes, backend, fs)
+    run = _Run(cfg, files, bundle, out, work, tasks, workers, notes, backend, fs)
+    if index is not None:
+        run.decontam = index.save(work)  # the same index again on a resume
+        if run.decontam["eval_documents_too_short"]:
+            notes.append(f"{run.decontam['eval_documents_too_short']:,} evaluation document(s) "
+                         f"have fewer than {cfg.recipe.decontaminate.ngram} words and cannot be "
+                         f"matched; a smaller --decontaminate-ngram reaches them")
+    return run
 
 
 def _file_sources(cfg: PrepareConfig, files: list[str]) -> np.ndarray:
@@ -525,14 +543,17 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
     t_start = time.perf_counter()
     files, bundle = _inputs(cfg)
     work: list[Path] = []
+    # the evaluation sets' index builds in a thread while the workers start and the gate runs
+    index = decontam.Builder(cfg.recipe) if cfg.recipe.decontaminate.enabled else None
     try:
         with _workers(cfg, files, bundle) as pool:
             warm = _start_warm(cfg, bundle, pool)
             try:
-                run = _resolve(cfg, files, bundle, pool.opts.workers)
+                run = _resolve(cfg, files, bundle, pool.opts.workers, index)
             except BaseException:
-                if warm is not None:
-                    warm.join()  # a daemon thread inside numba must not meet the interpreter's exit
+                for thread in (warm, index):
+                    if thread is not None:
+                        thread.join()  # a daemon thread inside numba must not meet the exit
                 raise
             run.warm = warm
             work.append(run.work)
@@ -554,6 +575,7 @@ def _execute(run: _Run, pool: Workers, t_start: float) -> PrepareStats:
     progress = Progress(False if cfg.run.quiet else cfg.run.progress)
     spill = RunSpill()
     merger = Merger(cfg, run.files, run.work, quarantine, spill, run.file_source)
+    merger.decontam = run.decontam
     writer: ShardWriter | None = None
     seconds: dict[str, float] = {}
     try:

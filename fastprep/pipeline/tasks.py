@@ -86,6 +86,8 @@ class TaskSpec:
     spot_check: float = 0.0      # share of documents re-encoded with tokenizers
     report_id_field: str | None = None  # --dedupe-report: save each document's id and excerpt
     source_records: tuple[RecordConfig, ...] = ()  # a mix: each source's record mapping
+    # --decontaminate: the evaluation files' names (the index is in the work folder); None: off
+    decontam: tuple[str, ...] | None = None
 
     def records_for(self, task: Task) -> RecordConfig:
         return self.source_records[task.source] if self.source_records else self.records
@@ -212,10 +214,11 @@ def _stages(spec: TaskSpec) -> dict[str, Any]:
     return _STATE
 
 
-def preload(tokenizer_file: str, fast: bool, minhash: bool) -> None:
+def preload(tokenizer_file: str, fast: bool, minhash: bool, decontam: bool = False) -> None:
     """A worker's warm-up, run when it starts (before the driver knows the run's backend):
-    load the tokenizer, the fast backend if it may be chosen, and MinHash's kernels. The loads
-    are cached by content, so the first task finds them done."""
+    load the tokenizer, the fast backend if it may be chosen, and MinHash's and
+    decontamination's kernels (numba's cache load of the latter took ~1 s of a worker's first
+    task). The loads are cached by content, so the first task finds them done."""
     from pathlib import Path as _Path
 
     from ..stages.tokenize import load_tokenizer
@@ -229,6 +232,13 @@ def preload(tokenizer_file: str, fast: bool, minhash: bool) -> None:
         from ..dedupe.minhash import MinHashConfig, signatures_and_sets
 
         signatures_and_sets(["warm up the kernels"], MinHashConfig())
+    if decontam:
+        from ..dedupe.decontam import NgramIndex
+
+        words = "warm up the kernels of the decontamination index on one short text"
+        index = NgramIndex.build([words], n=3)
+        index.match([words])
+        index.first_gram(words)
 
 
 class BackendMismatch(ValueError):
@@ -292,6 +302,11 @@ class _BadRecords:
     def add(self, line: int, reason: str, detail: str, raw: Any = "") -> None:
         if self.strict:
             raise TaskStrictError(self.task, line, reason, detail)
+        self.items.append((line, reason, detail, excerpt(raw)))
+
+    def removed(self, line: int, reason: str, detail: str, raw: Any = "") -> None:
+        """A sound record removed by a decision (contamination), not a broken one: quarantined
+        even under --strict, which stops only at malformed input."""
         self.items.append((line, reason, detail, excerpt(raw)))
 
 
@@ -433,6 +448,21 @@ class _Batch:
             self.sets = take_sets(self.sets, np.flatnonzero(keep))
 
 
+def _decontaminate(batch: _Batch, st: dict[str, Any], spec: TaskSpec, work: str,
+                   bad: _BadRecords) -> None:
+    """Remove the batch's documents that share an n-gram with an evaluation document."""
+    if st.get("checker_work") != work:  # the index of this run, mapped once per process
+        from .decontam import Checker
+
+        assert spec.decontam is not None
+        st["checker"], st["checker_work"] = Checker(work, spec.decontam), work
+    keep, found = st["checker"](batch.docs)
+    if found:
+        for i, detail, text in found:
+            bad.removed(batch.docs[i].line, "contaminated", detail, text)
+        batch.docs = [d for d, k in zip(batch.docs, keep) if k]
+
+
 def _sign(batch: _Batch, cfg: MinHashConfig) -> None:
     from ..dedupe.minhash import signatures_and_sets
     from ..stages.records import similarity_text
@@ -564,6 +594,12 @@ def _run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
                 break
             _check_stop(work, task)
             batch = _Batch(docs)
+            if spec.decontam is not None:
+                t = time.perf_counter()
+                _decontaminate(batch, st, spec, work, bad)
+                seconds["decontaminate"] += time.perf_counter() - t
+                if not batch.docs:
+                    continue
             if in_task is not None:
                 t = time.perf_counter()
                 batch.docs, batch.digests = in_task(batch.docs, counts)

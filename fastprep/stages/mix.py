@@ -197,9 +197,10 @@ def _check_repeat(cfg: MixConfig, have: np.ndarray, want: np.ndarray, weights: n
                   total: int) -> None:
     for s, src in enumerate(cfg.sources):
         if want[s] and not have[s]:
-            raise MixError(f"mix source {src.name!r} has no documents left after cleaning and "
-                           f"dedupe, but its weight asks for {int(want[s]):,} tokens; check "
-                           f"its paths ({', '.join(src.paths)}) and the quarantine")
+            raise MixError(f"mix source {src.name!r} has no documents left after cleaning, "
+                           f"dedupe and the validation split, but its weight asks for "
+                           f"{int(want[s]):,} tokens; check its paths ({', '.join(src.paths)}), "
+                           f"the quarantine and --val-docs/--val-fraction")
         epochs = want[s] / have[s] if have[s] else 0.0
         if epochs > cfg.max_repeat + 1e-9:
             share = cfg.max_repeat * have[s] / total
@@ -238,7 +239,7 @@ def validation_split(eff: np.ndarray, source: np.ndarray, n_sources: int, cfg: S
     idx_by = [np.flatnonzero((source == s) & (eff > 0)) for s in range(n_sources)]
     counts = np.array([i.size for i in idx_by], dtype=np.int64)
     kept = int(counts.sum())
-    n_val = cfg.docs if cfg.docs else int(round(cfg.fraction * kept))
+    n_val = cfg.docs if cfg.docs else round(cfg.fraction * kept)
     if n_val == 0:
         raise MixError(f"--val-fraction {cfg.fraction:g} of {kept:,} kept documents is no "
                        f"document; raise it or give --val-docs N")

@@ -43,7 +43,8 @@ Batch = dict[str, Any]
 ``segment_ids``, ``cu_seqlens``, ``cu_runs`` (every run of the flattened batch, padding included:
 the flash-attention varlen arguments); Python ints under ``max_seqlen``, ``max_run``,
 ``n_targets`` (labels != -100)
-and ``n_tokens`` (non-padding tokens)."""
+and ``n_tokens`` (non-padding tokens); ``source`` ([B] int64, the row's source in the manifest's
+``mix.sources``) when the dataset is a mix."""
 
 class PackedRows(Dataset):
     """Map-style dataset of packed rows; ``ds[i]`` is ``{array name: [L] numpy array}``.
@@ -74,7 +75,8 @@ class PackedRows(Dataset):
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"row indices outside [0, {len(self)})")
-        out = {a: np.empty((idx.size, self.seq_len), dtype=self.data.shards[0].arrays[a].dtype)
+        m = self.data.manifest
+        out = {a: np.empty(m.shape(a, idx.size), dtype=self.data.shards[0].arrays[a].dtype)
                for a in self.arrays} if self.data.shards else {}
         shard_of = np.searchsorted(self._offsets, idx, side="right") - 1
         for k in np.unique(shard_of):  # one fancy-index per shard touched, not per row
@@ -105,7 +107,11 @@ def collate(samples: Sequence[dict[str, np.ndarray]] | dict[str, np.ndarray]) ->
     cu, max_len = masks.cu_seqlens(segment_ids)
     runs, max_run = masks.run_seqlens(segment_ids)
     attn = masks.attention_mask(segment_ids)
+    extra = {}
+    if "source" in stacked:  # a mixed dataset: each row's source, for loss per source
+        extra["source"] = torch.from_numpy(stacked["source"].astype(np.int64))
     return {
+        **extra,
         "input_ids": input_ids,
         "labels": lab,
         "position_ids": masks.position_ids(segment_ids),

@@ -83,8 +83,9 @@ class WarmupCosine:
 
 
 def loss_sum(model: torch.nn.Module, batch: Batch, attn_implementation: str,
-             autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Sum (not mean) of the cross-entropy over the batch's real targets, in float32."""
+             autocast_dtype: torch.dtype | None = None, per_row: bool = False) -> torch.Tensor:
+    """Sum (not mean) of the cross-entropy over the batch's real targets, in float32; with
+    ``per_row`` one sum per row ``[B]`` (the evaluation's loss per source)."""
     device = batch["input_ids"].device
     runs = (batch["cu_runs"], batch["max_run"]) if "cu_runs" in batch else None
     kwargs = masks.model_inputs(batch["input_ids"], batch["segment_ids"], batch["position_ids"],
@@ -94,6 +95,10 @@ def loss_sum(model: torch.nn.Module, batch: Batch, attn_implementation: str,
                         enabled=autocast_dtype is not None):
         logits = model(**kwargs, use_cache=False).logits
     # Labels are already shifted (labels[t] is the target of logits[t]): no second shift here.
+    if per_row:
+        token = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
+                                ignore_index=masks.IGNORE_INDEX, reduction="none")
+        return token.view(batch["labels"].shape).sum(dim=1)
     return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
                            ignore_index=masks.IGNORE_INDEX, reduction="sum")
 
@@ -260,25 +265,44 @@ def _val_loader(cfg: TrainConfig, train_rows: PackedRows, d: Dist) -> PackedLoad
                         world_size=d.world_size, num_workers=0)
 
 
-def evaluate(t: _Trainer) -> dict[str, float]:
-    """Token-mean loss (and perplexity) over the validation rows, summed over ranks."""
+def evaluate(t: _Trainer) -> dict[str, Any]:
+    """Token-mean loss (and perplexity) over the validation rows, summed over ranks; for a
+    mixed dataset (rows carry their source) also the loss of each source."""
     assert t.val is not None
+    names = t.val.rows.data.manifest.source_names
     t.model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=t.device)
+    # row 0: every source; row 1 + s: source s. Columns: loss sum, targets.
+    total = torch.zeros(1 + len(names), 2, dtype=torch.float64, device=t.device)
     try:
         with torch.no_grad():
             for i, batch in enumerate(t.val):
                 if t.cfg.eval_batches and i >= t.cfg.eval_batches:
                     break
-                b = to_device(batch, t.device)
-                total[0] += loss_sum(t.model, b, t.attn, t.amp).double()
-                total[1] += float(batch["n_targets"])
+                _eval_batch(t, to_device(batch, t.device), total, bool(names))
     finally:
         t.val.epoch, t.val.position = 0, 0  # the same rows every pass
         t.model.train()
-    loss_sum_all, targets = t.dist.all_reduce(total).tolist()
-    loss = loss_sum_all / max(targets, 1.0)
-    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_targets": int(targets)}
+    sums = t.dist.all_reduce(total).tolist()
+    loss = sums[0][0] / max(sums[0][1], 1.0)
+    out: dict[str, Any] = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)),
+                           "val_targets": int(sums[0][1])}
+    if names:
+        out["val_loss_by_source"] = {n: (s / k if k else None) for n, (s, k) in zip(names, sums[1:])}
+    return out
+
+
+def _eval_batch(t: _Trainer, b: Batch, total: torch.Tensor, by_source: bool) -> None:
+    if not by_source:
+        total[0, 0] += loss_sum(t.model, b, t.attn, t.amp).double()
+        total[0, 1] += float(b["n_targets"])
+        return
+    rows = loss_sum(t.model, b, t.attn, t.amp, per_row=True).double()
+    targets = (b["labels"] != masks.IGNORE_INDEX).sum(dim=1).double()
+    src = b["source"].long() + 1
+    total[0, 0] += rows.sum()
+    total[0, 1] += targets.sum()
+    total[:, 0].index_add_(0, src, rows)
+    total[:, 1].index_add_(0, src, targets)
 
 
 @dataclass
@@ -359,6 +383,10 @@ def train(cfg: TrainConfig, *, log: Callable[[dict[str, Any]], None] | None = No
 def _print_line(rec: dict[str, Any]) -> None:
     """A log record as one line a person reads (the JSON goes to log.jsonl)."""
     if "val_loss" in rec and "loss" not in rec:
+        by = rec.get("val_loss_by_source") or {}
+        parts = ", ".join(f"{n} {v:.4f}" for n, v in by.items() if v is not None)
+        if parts:
+            print(f"step {rec['step']:>6}  val loss by source: {parts}")
         print(f"step {rec['step']:>6}  val loss {rec['val_loss']:.4f}  ppl {rec['val_ppl']:.2f}  "
               f"({rec['val_targets']:,} targets)", flush=True)
         return

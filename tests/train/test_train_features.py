@@ -99,3 +99,41 @@ def test_activation_checkpointing_gives_the_same_losses(tmp_path: Path) -> None:
     plain = train(cfg(data, tmp_path / "a", max_steps=3), log=quiet)
     ckpt = train(cfg(data, tmp_path / "b", max_steps=3, activation_checkpointing=True), log=quiet)
     assert ckpt["losses"] == pytest.approx(plain["losses"], rel=1e-5, abs=1e-6)
+
+
+def _mixed(tmp_path: Path, tokenizer_dir: Path) -> Path:
+    """A two-source mix with a validation set: source "a" plain words, "b" the same words
+    upper-cased (another token distribution, so the two losses differ)."""
+    from fastprep import PrepareConfig, prepare
+    from fastprep.stages.mix import MixConfig, Source, SplitConfig
+
+    a = write_jsonl(tmp_path / "a.jsonl", [{"text": t} for t in make_texts(300, seed=1)])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"text": t.upper()} for t in make_texts(300, seed=2)])
+    mix = MixConfig(sources=(Source("a", (str(a),), 0.5), Source("b", (str(b),), 0.5)))
+    c = prep_config([a, b], tmp_path / "ds", tokenizer_dir, seq_len=64, mix=mix,
+                    split=SplitConfig(fraction=0.1))
+    prepare(PrepareConfig(recipe=c.recipe, run=c.run))
+    return tmp_path / "ds"
+
+
+def test_validation_loss_per_source(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """A mix's rows carry their source: the validation loss is reported per source, and the
+    target-weighted mean of the sources' losses is the overall loss (each row counted once,
+    in the source its `source` array names)."""
+    from fastprep.train.loader import PackedLoader, PackedRows
+
+    ds = _mixed(tmp_path, tokenizer_dir)
+    logged: list[dict[str, Any]] = []
+    train(cfg(ds, tmp_path / "run", val_data=str(ds / "val"), eval_every=2, max_steps=2),
+          log=logged.append)
+    rec = next(r for r in logged if "val_loss" in r)
+    by = rec["val_loss_by_source"]
+    assert set(by) == {"a", "b"} and by["a"] != by["b"]
+    rows = PackedRows(ds / "val")
+    per = {0: 0, 1: 0}
+    for batch in PackedLoader(rows, 2, shuffle=False, drop_last=False, num_workers=0):
+        for s, lab in zip(batch["source"].tolist(), batch["labels"]):
+            per[s] += int((lab != -100).sum())
+    assert per[0] and per[1] and per[0] + per[1] == rec["val_targets"]
+    mean = (by["a"] * per[0] + by["b"] * per[1]) / rec["val_targets"]
+    assert mean == pytest.approx(rec["val_loss"], rel=1e-6)
