@@ -82,7 +82,7 @@ PACK_MODES = ("bfd", "concat", "pad")
 VERSIONED = ("fastprep", "tokenizers", "fastokens", "numpy", "numba", "pyarrow", "orjson", "torch")
 # stages of the task phase (summed over workers) and of the driver, in pipeline order
 WORKER_STAGES = ("read", "clean", "exact_hash", "minhash_signatures", "tokenize", "spot_check",
-                 "spill")
+                 "spill", "decontaminate", "decontaminate_wait")
 DRIVER_STAGES = ("kernel_wait", "merge", "minhash_shuffle", "task_phase_other", "pack", "write",
                  "start_up_and_tail")
 

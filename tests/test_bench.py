@@ -33,6 +33,7 @@ KEYS = {
                "real_tokens_per_batch", "tokens_per_s"},
 }
 STAGES = ["read", "clean", "exact_hash", "minhash_signatures", "tokenize", "spot_check", "spill",
+          "decontaminate", "decontaminate_wait",
           "kernel_wait", "merge", "minhash_shuffle", "task_phase_other", "pack", "write",
           "start_up_and_tail"]
 

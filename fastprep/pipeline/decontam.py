@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,47 +66,79 @@ def doc_text(doc: Doc) -> str:
 
 
 class Builder:
-    """Builds the index in a thread, started before the parity gate: reading the evaluation
-    sets and loading numba's kernels overlap the gate's work instead of preceding the first
-    task. :meth:`save` waits for it and writes it into the work folder."""
+    """Builds the index in a thread that starts with the run, and saves it into the work folder
+    as soon as both exist (:meth:`attach`): reading the evaluation sets and loading numba's
+    kernels overlap the workers' start, the parity gate and the first tasks, which tokenize
+    meanwhile and check their documents once the index file appears. A failed build stops the
+    tasks (the work folder's stop file) and :meth:`record` raises its error."""
 
-    def __init__(self, recipe: Recipe) -> None:
-        self.recipe = recipe
+    def __init__(self, recipe: Recipe, stop_tasks: Callable[[Path], None]) -> None:
+        """``stop_tasks(work)``: ask every task of the run to stop (they wait for an index
+        that will never come when the build fails)."""
+        self.recipe, self._stop_tasks = recipe, stop_tasks
         self._out: dict[str, Any] = {}
-        self._thread = threading.Thread(target=self._build, name="fastprep-decontam", daemon=True)
+        self._work: Path | None = None
+        self._attached = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fastprep-decontam", daemon=True)
         self._thread.start()
 
-    def _build(self) -> None:
+    def attach(self, work: Path) -> None:
+        """The run's work folder exists: save the index there once it is built. A file left
+        by an interrupted run goes first (its tasks would read it before the new one lands)."""
+        for name in (INDEX_FILE, WHERE_FILE):
+            (work / name).unlink(missing_ok=True)
+        self._work = work
+        self._attached.set()
+        if self.failed is not None:  # failed before it knew the folder: stop the tasks now
+            self._stop_tasks(work)
+
+    def _run(self) -> None:
         try:
-            # load the kernels first: the driver's other kernels load in another thread under
-            # numba's one compiler lock, and those are needed only after the tasks, these now
-            NgramIndex.build(["load the kernels"], n=1).match(["load the kernels"])
-            files = eval_files(self.recipe)
-            where: list[tuple[int, int]] = []
-            skipped: Counter[str] = Counter()
-            texts = _eval_texts(files, self.recipe, where, skipped)
-            index = NgramIndex.build(texts, self.recipe.decontaminate.ngram)
-            self._out.update(index=index, where=where, skipped=skipped, files=files)
-        except BaseException as e:  # noqa: BLE001 - raised again in save()
+            self._build()
+            self._attached.wait()
+            assert self._work is not None
+            self._save(self._work)
+        except BaseException as e:  # noqa: BLE001 - raised again by record()
             self._out["error"] = e
+            if self._work is not None:
+                self._stop_tasks(self._work)
 
-    def join(self) -> None:
-        self._thread.join()
-
-    def save(self, work: Path) -> dict[str, Any]:
-        """Write the index into ``work``; return the manifest's section."""
-        self.join()
-        if "error" in self._out:
-            raise self._out["error"]
-        index, skipped = self._out["index"], self._out["skipped"]
+    def _build(self) -> None:
+        # load the kernels first: the driver's other kernels load in another thread under
+        # numba's one compiler lock, and those are needed only after the tasks, these now
+        NgramIndex.build(["load the kernels"], n=1)
+        files = eval_files(self.recipe)
+        where: list[tuple[int, int]] = []
+        skipped: Counter[str] = Counter()
+        index = NgramIndex.build(_eval_texts(files, self.recipe, where, skipped),
+                                 self.recipe.decontaminate.ngram)
         if not index.eval_docs:
             why = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) or "the files are empty"
             raise ValueError(f"--decontaminate: no usable evaluation document in "
                              f"{', '.join(self.recipe.decontaminate.paths)} ({why}); check the "
                              f"files and the field mapping (--text-field, --prompt-field, ...)")
-        index.save(work / INDEX_FILE)
-        with AtomicFile(work / WHERE_FILE) as f:
+        self._out.update(index=index, where=where, skipped=skipped, files=files)
+
+    def _save(self, work: Path) -> None:
+        with AtomicFile(work / WHERE_FILE) as f:  # first: the index's arrival is the signal
             f.write(np.asarray(self._out["where"], dtype="<i8").reshape(-1, 2).tobytes())
+        self._out["index"].save(work / INDEX_FILE)
+
+    def join(self) -> None:
+        """Wait for the thread (a run that ends early never attaches: it gives up waiting)."""
+        self._attached.set()
+        self._thread.join()
+
+    @property
+    def failed(self) -> BaseException | None:
+        return self._out.get("error")
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's section, once the index is saved; the build's error if it failed."""
+        self._thread.join()
+        if self.failed is not None:
+            raise self.failed
+        index, skipped = self._out["index"], self._out["skipped"]
         return {"files": file_sizes(self._out["files"]), "ngram": index.n,
                 "eval_documents": index.eval_docs,
                 "eval_records_skipped": dict(sorted(skipped.items())), "ngrams": index.grams,

@@ -162,17 +162,30 @@ class Merger:
         ids = doc_id(f, off + res.lines)
         if self.report is not None:
             self._report_task(res, off)
+        clean = self._decontaminated(res, off)
         if self.exact is not None and res.digests is not None:
-            keep &= self.exact.insert(res.digests, ids if self.report is not None else None)
-            self.counts["exact_duplicates"] += int(len(keep) - keep.sum())
+            first = self.exact.insert(res.digests, ids if self.report is not None else None)
+            dup = ~first & clean  # a contaminated document counts once, as contaminated
+            self.counts["exact_duplicates"] += int(dup.sum())
             if self.report is not None:
-                self.report.add("exact", ids[~keep], self.exact.matches, 1.0)
+                self.report.add("exact", ids[dup], self.exact.matches[dup[~first]], 1.0)
+            keep &= first
+        keep &= clean
         if res.signatures is not None and keep.any():
             self._near(res, keep, ids)
         self.kinds += np.bincount(res.kinds[keep], minlength=len(KIND_NAMES))
         self.spill.append_task(res.lengths, keep, res.ids_path, res.mask_path)
         self._add_docs(res)
         return int(res.lengths[keep].sum())
+
+    def _decontaminated(self, res: TaskResult, off: int) -> np.ndarray:
+        """The task's documents that share no n-gram with an evaluation set (the worker found
+        the others); those are quarantined with the evaluation record they match."""
+        clean = np.ones(len(res.lengths), dtype=np.bool_)
+        for pos, detail, text in res.contaminated:
+            clean[pos] = False
+            self.quarantine.add(res.task.file, off + int(res.lines[pos]), "contaminated", detail, text)
+        return clean
 
     def _add_docs(self, res: TaskResult) -> None:
         big = np.iinfo(np.uint32).max  # a document over 4G characters is clipped, not wrapped

@@ -107,7 +107,7 @@ class _Run:
     notes: list[str]
     backend: BackendChoice
     file_source: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # mix source per file
-    decontam: dict[str, Any] = field(default_factory=dict)  # the index's manifest section
+    index: decontam.Builder | None = None  # --decontaminate: the index, building or saved
     warm: threading.Thread | None = None  # loading the driver's numba kernels
     this_run: dict[str, int] = field(default_factory=dict)
     lengths: np.ndarray | None = None  # kept documents' token counts (collect_lengths)
@@ -214,13 +214,25 @@ def _resolve(cfg: PrepareConfig, files: list[str], bundle: TokenizerBundle, work
     fs = _file_sources(cfg, files)
     tasks = [dataclasses.replace(t, source=int(fs[t.file])) for t in plan_tasks(files, task_bytes)]
     run = _Run(cfg, files, bundle, out, work, tasks, workers, notes, backend, fs)
+    # an interrupted run may have left a stop file; gone before the index build may write one
+    clear_stop(work)
     if index is not None:
-        run.decontam = index.save(work)  # the same index again on a resume
-        if run.decontam["eval_documents_too_short"]:
-            notes.append(f"{run.decontam['eval_documents_too_short']:,} evaluation document(s) "
-                         f"have fewer than {cfg.recipe.decontaminate.ngram} words and cannot be "
-                         f"matched; a smaller --decontaminate-ngram reaches them")
+        index.attach(work)  # saved there once built (the same index again on a resume)
+        run.index = index
     return run
+
+
+def _decontam_record(run: _Run) -> dict[str, Any]:
+    """The decontamination index's manifest section (after the tasks, which needed it saved),
+    with a note when some evaluation documents are too short to ever match."""
+    if run.index is None:
+        return {}
+    rec = run.index.record()
+    if rec["eval_documents_too_short"]:
+        run.notes.append(f"{rec['eval_documents_too_short']:,} evaluation document(s) have "
+                         f"fewer than {rec['ngram']} words and cannot be matched; a smaller "
+                         f"--decontaminate-ngram reaches them")
+    return rec
 
 
 def _file_sources(cfg: PrepareConfig, files: list[str]) -> np.ndarray:
@@ -286,7 +298,6 @@ def _merge_tasks(run: _Run, pool: Workers, merger: Merger, quarantine: Quarantin
     elif run.cfg.recipe.dedupe.minhash is not None and runs_inline(pool.opts, len(run.tasks) - len(done)):
         run.warm.join()  # inline MinHash tasks launch parallel kernels: one thread at a time
     fn = functools.partial(run_task, spec=run.task_spec(), work=str(run.work))
-    clear_stop(run.work)  # an interrupted run may have left one
     progress.reading(sum(t.size for t in run.tasks), sum(t.size for t in run.tasks if t.index in done))
     # a failed task stops the later ones at once: --strict reports without waiting for them
     hooks = Hooks(done=progress.task_done, stop=functools.partial(stop_tasks_after, run.work))
@@ -544,16 +555,25 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
     files, bundle = _inputs(cfg)
     work: list[Path] = []
     # the evaluation sets' index builds in a thread while the workers start and the gate runs
-    index = decontam.Builder(cfg.recipe) if cfg.recipe.decontaminate.enabled else None
+    index = (decontam.Builder(cfg.recipe, functools.partial(stop_tasks_after, index=-1))
+             if cfg.recipe.decontaminate.enabled else None)
+    try:
+        return _prepare_with(cfg, files, bundle, index, work, t_start)
+    finally:
+        if index is not None:
+            index.join()  # a daemon thread inside numba must not meet the interpreter's exit
+
+
+def _prepare_with(cfg: PrepareConfig, files: list[str], bundle: TokenizerBundle,
+                  index: decontam.Builder | None, work: list[Path], t_start: float) -> PrepareStats:
     try:
         with _workers(cfg, files, bundle) as pool:
             warm = _start_warm(cfg, bundle, pool)
             try:
                 run = _resolve(cfg, files, bundle, pool.opts.workers, index)
             except BaseException:
-                for thread in (warm, index):
-                    if thread is not None:
-                        thread.join()  # a daemon thread inside numba must not meet the exit
+                if warm is not None:
+                    warm.join()  # a daemon thread inside numba must not meet the interpreter's exit
                 raise
             run.warm = warm
             work.append(run.work)
@@ -575,12 +595,17 @@ def _execute(run: _Run, pool: Workers, t_start: float) -> PrepareStats:
     progress = Progress(False if cfg.run.quiet else cfg.run.progress)
     spill = RunSpill()
     merger = Merger(cfg, run.files, run.work, quarantine, spill, run.file_source)
-    merger.decontam = run.decontam
     writer: ShardWriter | None = None
     seconds: dict[str, float] = {}
     try:
         t = time.perf_counter()
-        _merge_tasks(run, pool, merger, quarantine, progress)
+        try:
+            _merge_tasks(run, pool, merger, quarantine, progress)
+        except BaseException:
+            if run.index is not None and run.index.failed is not None:
+                raise run.index.failed from None  # why the tasks were stopped
+            raise
+        merger.decontam = _decontam_record(run)
         seconds["tasks_wall"] = time.perf_counter() - t
         if int(merger.kinds.sum()) == 0:
             why = quarantine.why_nothing(merger.counts["records_read"])

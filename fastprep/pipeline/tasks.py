@@ -189,6 +189,9 @@ class TaskResult:
     # task_docs()
     dups: list[tuple[int, int]] | None = None
     report_id_field: str | None = None
+    # --decontaminate: (position among the task's documents, detail, excerpt) of each document
+    # sharing an n-gram with an evaluation document; the driver removes them
+    contaminated: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 # ---- the stages of one task ---------------------------------------------------------------
@@ -302,11 +305,6 @@ class _BadRecords:
     def add(self, line: int, reason: str, detail: str, raw: Any = "") -> None:
         if self.strict:
             raise TaskStrictError(self.task, line, reason, detail)
-        self.items.append((line, reason, detail, excerpt(raw)))
-
-    def removed(self, line: int, reason: str, detail: str, raw: Any = "") -> None:
-        """A sound record removed by a decision (contamination), not a broken one: quarantined
-        even under --strict, which stops only at malformed input."""
         self.items.append((line, reason, detail, excerpt(raw)))
 
 
@@ -448,19 +446,48 @@ class _Batch:
             self.sets = take_sets(self.sets, np.flatnonzero(keep))
 
 
-def _decontaminate(batch: _Batch, st: dict[str, Any], spec: TaskSpec, work: str,
-                   bad: _BadRecords) -> None:
-    """Remove the batch's documents that share an n-gram with an evaluation document."""
-    if st.get("checker_work") != work:  # the index of this run, mapped once per process
-        from .decontam import Checker
+class _Contamination:
+    """The task's check against the evaluation sets' index, which the driver may still be
+    building when the task starts: each batch's encoded documents wait (their texts, a few MB)
+    until the index file appears, so the task tokenizes meanwhile instead of waiting; the task
+    waits only at its end, if the index is not there yet. Contaminated documents are reported
+    by their position among the task's documents, and the driver removes them as it removes
+    duplicates (their tokens were spilled in vain)."""
 
-        assert spec.decontam is not None
-        st["checker"], st["checker_work"] = Checker(work, spec.decontam), work
-    keep, found = st["checker"](batch.docs)
-    if found:
-        for i, detail, text in found:
-            bad.removed(batch.docs[i].line, "contaminated", detail, text)
-        batch.docs = [d for d, k in zip(batch.docs, keep) if k]
+    def __init__(self, spec: TaskSpec, st: dict[str, Any], work: str, task: Task) -> None:
+        self.names, self.st, self.work, self.task = spec.decontam, st, work, task
+        self.pending: list[tuple[int, list[Doc]]] = []  # (position of the first, documents)
+        self.found: list[tuple[int, str, str]] = []     # (position, detail, excerpt)
+        self.seconds = 0.0
+
+    def _checker(self, wait: bool) -> Any:
+        from .decontam import INDEX_FILE, Checker
+
+        if self.st.get("checker_work") == self.work:  # mapped once per process and run
+            return self.st["checker"]
+        path = Path(self.work) / INDEX_FILE
+        while not path.exists():
+            if not wait:
+                return None
+            _check_stop(self.work, self.task)  # the driver stops the tasks if its build fails
+            time.sleep(0.01)
+        assert self.names is not None
+        self.st["checker"], self.st["checker_work"] = Checker(self.work, self.names), self.work
+        return self.st["checker"]
+
+    def add(self, first: int, docs: list[Doc], wait: bool = False) -> None:
+        """The documents at positions ``first``, ``first + 1``, ... of the task's output."""
+        if docs:
+            self.pending.append((first, docs))
+        checker = self._checker(wait)
+        if checker is None:
+            return
+        t = time.perf_counter()
+        for first, docs in self.pending:
+            _, found = checker(docs)
+            self.found += [(first + i, detail, excerpt(text)) for i, detail, text in found]
+        self.pending.clear()
+        self.seconds += time.perf_counter() - t
 
 
 def _sign(batch: _Batch, cfg: MinHashConfig) -> None:
@@ -580,6 +607,7 @@ def _run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
     raws = _Counted(_raws(task, spec.read))
     spot = _SpotChecks(spec, task, st)
     info = _DocInfo(spec.report_id_field) if spec.report_id_field is not None else None
+    contam = _Contamination(spec, st, work, task) if spec.decontam is not None else None
     t_task = time.perf_counter()
     # the stage split (fastprep bench, --json): reading is the wait for documents minus mapping
     # and cleaning, which _documents times itself
@@ -594,12 +622,6 @@ def _run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
                 break
             _check_stop(work, task)
             batch = _Batch(docs)
-            if spec.decontam is not None:
-                t = time.perf_counter()
-                _decontaminate(batch, st, spec, work, bad)
-                seconds["decontaminate"] += time.perf_counter() - t
-                if not batch.docs:
-                    continue
             if in_task is not None:
                 t = time.perf_counter()
                 batch.docs, batch.digests = in_task(batch.docs, counts)
@@ -628,12 +650,22 @@ def _run_task(task: Task, spec: TaskSpec, work: str) -> TaskResult:
                     bad.add(batch.docs[i].line, reason, detail)
                 batch.keep(enc.keep)
             t = time.perf_counter()
+            first = len(out.lines)
             out.add(batch, enc)
             seconds["spill"] += time.perf_counter() - t
+            if contam is not None:
+                contam.add(first, batch.docs)
+        if contam is not None:
+            t, before = time.perf_counter(), contam.seconds
+            contam.add(len(out.lines), [], wait=True)
+            seconds["decontaminate_wait"] += time.perf_counter() - t - (contam.seconds - before)
+            seconds["decontaminate"] += contam.seconds
         seconds["read"] -= seconds["clean"]
         seconds["task"] = time.perf_counter() - t_task
         res = out.finish(raws.n, bad, counts, dict(seconds), info,
                          in_task.dups if in_task is not None else None)
+        if contam is not None:
+            res.contaminated = contam.found
     except BackendMismatch as e:
         seconds["read"] -= seconds["clean"]
         seconds["task"] = time.perf_counter() - t_task
@@ -680,7 +712,7 @@ def save_result(res: TaskResult, work: str | Path) -> None:
     meta = {"n_lines": res.n_lines, "bad": res.bad, "counts": res.counts.to_json(),
             "has_mask": res.mask_path is not None, "seconds": res.seconds, "checks": res.checks,
             "task": [res.task.file, res.task.start, res.task.end], "dups": res.dups,
-            "report_id_field": res.report_id_field}
+            "report_id_field": res.report_id_field, "contaminated": res.contaminated}
     with AtomicFile(task_file(work, res.task, "json")) as f:
         f.write(orjson.dumps(meta))
 
@@ -718,4 +750,5 @@ def load_result(task: Task, work: str | Path, itemsize: int,
                       checks=meta.get("checks", {}),
                       dups=None if meta.get("dups") is None else [tuple(x) for x in meta["dups"]],
                       report_id_field=meta.get("report_id_field"),
+                      contaminated=[tuple(c) for c in meta.get("contaminated", [])],
                       **arrays)

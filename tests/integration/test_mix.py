@@ -718,3 +718,40 @@ def test_bad_mix_item_message_reaches_the_user(tmp_path: Path, tokenizer_dir: Pa
         prepare("--mix", "general.jsonl", "--tokenizer", tokenizer_dir, "--out", tmp_path / "out")
     assert e.value.code == 2
     assert "expected PATH=WEIGHT" in capsys.readouterr().err
+
+
+def test_copy_of_a_contaminated_document_counts_as_contaminated(tmp_path: Path, contaminated: dict,
+                                                                tokenizer_dir: Path) -> None:
+    """Bug caught: the driver's exact dedupe ran on every document, so the copy in a later
+    task of a contaminated document counted as an exact duplicate as well as, or instead of,
+    contaminated (the worker flags both; each must count once, as contaminated)."""
+    c = contaminated
+    planted = [json.loads(x) for x in Path(c["files"][0]).read_text().splitlines()
+               if json.loads(x)["text"].startswith("plant")]
+    copy = write_jsonl(tmp_path / "t3.jsonl", planted[:2])
+    out = tmp_path / "out"
+    assert prepare(*c["files"], copy, "--decontaminate", c["eval"], "--tokenizer", tokenizer_dir,
+                   "--seq-len", 128, "--out", out, "--workers", 2, "--task-bytes", 2000,
+                   "--quiet") == 0
+    m = open_dataset(out).manifest
+    assert m.counts["dropped"] == {"contaminated": 12}
+    assert m.counts["exact_duplicates"] == 0 and m.decontamination["contaminated"] == 12
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_unusable_evaluation_set_stops_the_waiting_tasks(tmp_path: Path, contaminated: dict,
+                                                         tokenizer_dir: Path, workers: int,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Tasks tokenize while the driver builds the index and wait for it at their end. Bug
+    caught: a build that fails (no usable evaluation record) left them waiting forever; it
+    must stop them and be the run's one-line error."""
+    bad = tmp_path / "bad-eval.jsonl"
+    bad.write_text('{broken\n{"title": "no text field"}\n')
+    t = time.perf_counter()
+    assert prepare(*contaminated["files"], "--decontaminate", bad, "--tokenizer", tokenizer_dir,
+                   "--out", tmp_path / "out", "--workers", workers, "--task-bytes", 2000,
+                   "--quiet") == 2
+    err = one_line_error(capsys)
+    assert "no usable evaluation document" in err and "malformed_json 1, missing_field 1" in err
+    assert time.perf_counter() - t < 60
+    assert not (tmp_path / "out" / "manifest.json").exists()
