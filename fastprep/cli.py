@@ -236,9 +236,9 @@ def recipe_lines(m: Any) -> list[str]:
         what = (f"repeated, {src['epochs']:.2f} epochs" if src["epochs"] > 1 + 1e-9 else
                 f"{100 * src['epochs']:.1f}% of it used")
         lines.append(f"mix source          {src['name']}: share {100 * src['share']:.2f}% "
-                     f"(weight {100 * src['weight']:.2f}%), {_fmt(src['tokens_used'])} of "
-                     f"{_fmt(src['tokens'])} tokens, {what}")
-    if m.split:
+                     f"(weight {100 * src['weight']:.2f}%), {_fmt(src['tokens_used'])} tokens "
+                     f"from its {_fmt(src['tokens'])}, {what}")
+    if "val_documents" in m.split:  # a training set's; a validation set's names its role
         lines.append(f"validation set      {_fmt(m.split['val_documents'])} documents, "
                      f"{_fmt(m.split['val_rows'])} rows, {_fmt(m.split['val_tokens'])} tokens "
                      f"-> {m.split['val_dir']}/")
@@ -301,7 +301,9 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps({"seq_len": m.seq_len, "rows": m.rows, "arrays": list(m.arrays),
                           "dtypes": m.dtypes, "tokenizer": m.tokenizer, "counts": m.counts,
-                          "packing": m.packing, "dedupe": m.dedupe}, indent=2))
+                          "packing": m.packing, "dedupe": m.dedupe, "mix": m.mix,
+                          "split": m.split, "decontamination": m.decontamination,
+                          "documents": m.documents}, indent=2))
         return 0
     print(f"dataset             {a.path}  ({len(ds.shards)} shard(s))")
     print("arrays              " + ", ".join(f"{k}:{np.dtype(v).name}" for k, v in m.dtypes.items()))

@@ -755,3 +755,33 @@ def test_unusable_evaluation_set_stops_the_waiting_tasks(tmp_path: Path, contami
     assert "no usable evaluation document" in err and "malformed_json 1, missing_field 1" in err
     assert time.perf_counter() - t < 60
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_summary_and_inspect_show_the_mix_and_the_split(tmp_path: Path, corpus: Corpus,
+                                                        tokenizer_dir: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The prepare summary and `inspect` show each source's realised share and the
+    validation set (read from the manifest); `inspect --json` carries the new sections, and
+    `inspect` of the validation set itself does not break on its own split section."""
+    out = tmp_path / "out"
+    assert prepare(*mix_args(corpus, three_way_outputs(corpus), out, tokenizer_dir,
+                             "--max-repeat", 20, "--val-docs", 12, "--workers", 1)) == 0
+    summary = capsys.readouterr().out
+    m = open_dataset(out).manifest
+    for src in m.mix["sources"]:
+        assert f"mix source          {src['name']}: share {100 * src['share']:.2f}%" in summary
+    assert f"validation set      12 documents, {m.split['val_rows']} rows" in summary
+    assert main(["inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.count("mix source") == 3 and "validation set      12 documents" in shown
+    assert main(["inspect", str(out), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["mix"] == m.mix and d["split"] == m.split and d["documents"]["count"] == m.documents["count"]
+    assert main(["inspect", str(out / "val")]) == 0
+    assert "segment 1" in capsys.readouterr().out
+    from fastprep.cli import recipe_lines
+
+    # a validation set's manifest names its role, not a split of its own: no line for it
+    val = open_dataset(out / "val").manifest
+    assert val.split == {"role": "validation", "of": ".."}
+    assert not [x for x in recipe_lines(val) if x.startswith("validation set")]
