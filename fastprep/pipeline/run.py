@@ -139,6 +139,15 @@ def _warm_args(cfg: PrepareConfig, bundle: TokenizerBundle) -> tuple[Any, ...]:
             segment_dtype(cfg.recipe.pack.seq_len))
 
 
+def _import_numba() -> None:
+    """Import numba in this thread before any other thread uses it. A fresh CI run once failed
+    with ``module 'numba' has no attribute 'core'`` at the driver's first kernel: numba's first
+    import in the kernel-loading thread had failed, silently, and left its submodules behind.
+    Imported here first, the threads only load kernels (numba's compiler lock serialises
+    those)."""
+    import numba  # noqa: F401
+
+
 def _start_warm(cfg: PrepareConfig, bundle: TokenizerBundle, pool: Workers) -> threading.Thread | None:
     """Load the driver's numba kernels (numba's import and their caches, a large share of a
     small run's fixed cost) in a thread, overlapping the gate and the tasks. Not when tasks may
@@ -147,6 +156,7 @@ def _start_warm(cfg: PrepareConfig, bundle: TokenizerBundle, pool: Workers) -> t
     before the tasks (None)."""
     if cfg.recipe.dedupe.minhash is not None and pool.pool is None:
         return None
+    _import_numba()
     warm = threading.Thread(target=warm_kernels, args=_warm_args(cfg, bundle),
                             name="fastprep-warm-kernels", daemon=True)
     warm.start()
@@ -555,6 +565,8 @@ def prepare(cfg: PrepareConfig) -> PrepareStats:
     files, bundle = _inputs(cfg)
     work: list[Path] = []
     # the evaluation sets' index builds in a thread while the workers start and the gate runs
+    if cfg.recipe.decontaminate.enabled:
+        _import_numba()
     index = (decontam.Builder(cfg.recipe, functools.partial(stop_tasks_after, index=-1))
              if cfg.recipe.decontaminate.enabled else None)
     try:
