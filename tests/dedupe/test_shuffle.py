@@ -14,6 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import in_own_process, run_in_own_process
+
 from fastprep.dedupe.shuffle import (
     ROW_DTYPE,
     ArrayStore,
@@ -360,6 +362,11 @@ def ray_local():
         ray.shutdown()
 
 
+def test_ray_equals_local_in_own_process() -> None:
+    run_in_own_process("tests/dedupe/test_shuffle.py::test_ray_equals_local")
+
+
+@in_own_process
 def test_ray_equals_local(ray_local, planted, tmp_path: Path) -> None:
     texts, ids, sigs, sets = planted
     cfg = MinHashConfig(threshold=0.7, verify="exact")

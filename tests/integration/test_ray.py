@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_texts, write_jsonl
+from conftest import in_own_process, make_texts, run_in_own_process, write_jsonl
 from fastprep import DedupeConfig, MinHashConfig, PackConfig, PrepareConfig, ReadConfig, TokenizeConfig, prepare
 
 ray = pytest.importorskip("ray")
@@ -19,6 +19,11 @@ def hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+def test_ray_executor_matches_local_executor_in_own_process() -> None:
+    run_in_own_process("tests/integration/test_ray.py::test_ray_executor_matches_local_executor")
+
+
+@in_own_process
 def test_ray_executor_matches_local_executor(tmp_path: Path, tokenizer_dir: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     texts = make_texts(400, seed=9, min_words=40, max_words=90)
