@@ -740,20 +740,30 @@ def test_copy_of_a_contaminated_document_counts_as_contaminated(tmp_path: Path, 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_unusable_evaluation_set_stops_the_waiting_tasks(tmp_path: Path, contaminated: dict,
-                                                         tokenizer_dir: Path, workers: int,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+                                                         tokenizer_dir: Path, workers: int) -> None:
     """Tasks tokenize while the driver builds the index and wait for it at their end. Bug
-    caught: a build that fails (no usable evaluation record) left them waiting forever; it
-    must stop them and be the run's one-line error."""
+    caught: a build that fails (no usable evaluation record) left them waiting forever (its
+    stop file was cleared after it was written); it must stop them and be the run's one-line
+    error. A process of its own, so a hang fails this test instead of the suite."""
     bad = tmp_path / "bad-eval.jsonl"
     bad.write_text('{broken\n{"title": "no text field"}\n')
-    t = time.perf_counter()
-    assert prepare(*contaminated["files"], "--decontaminate", bad, "--tokenizer", tokenizer_dir,
-                   "--out", tmp_path / "out", "--workers", workers, "--task-bytes", 2000,
-                   "--quiet") == 2
-    err = one_line_error(capsys)
-    assert "no usable evaluation document" in err and "malformed_json 1, missing_field 1" in err
-    assert time.perf_counter() - t < 60
+    args = ["prepare", *contaminated["files"], "--decontaminate", str(bad), "--tokenizer",
+            str(tokenizer_dir), "--out", str(tmp_path / "out"), "--workers", str(workers),
+            "--task-bytes", "2000", "--quiet"]
+    # kernels loaded first, so the build fails at once (before the tasks start): the order in
+    # which the stale stop file was cleared and the failure's stop file written
+    script = ("import sys\nfrom fastprep.dedupe.decontam import NgramIndex\n"
+              "NgramIndex.build(['warm up'], n=1).match(['warm up'])\n"
+              "from fastprep.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    cmd = [sys.executable, "-c", script, *args]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the tasks kept waiting for an index whose build had failed")
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "no usable evaluation document" in err[0]
+    assert "malformed_json 1, missing_field 1" in err[0]
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
