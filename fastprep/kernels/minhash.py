@@ -67,7 +67,7 @@ MASK64 = (1 << 64) - 1
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _fmix64(h: np.uint64) -> np.uint64:
+def fmix64(h: np.uint64) -> np.uint64:
     h ^= h >> SHIFT33
     h *= FMIX_C1
     h ^= h >> SHIFT33
@@ -93,7 +93,7 @@ def _hash_bytes(buf: np.ndarray, start: int, end: int) -> np.uint64:
             shift = U64(0)
     if shift != U64(0):
         h = (h ^ acc) * FMIX_C1
-    return _fmix64(h)
+    return fmix64(h)
 
 
 def fmix64_reference(h: int) -> int:
@@ -291,7 +291,7 @@ def _doc_shingles(norm: np.ndarray, ln: int, ngram: int, char_ngrams: bool,
         h = U64(0)
         for j in range(m):
             h = (h ^ tmp[k + j]) * GOLDEN
-        out[k] = _fmix64(h ^ U64(m))
+        out[k] = fmix64(h ^ U64(m))
     return count
 
 
@@ -517,7 +517,7 @@ def _band_keys_into(sig: np.ndarray, bands: int, rows: int, out: np.ndarray) -> 
         h = U64(j + 1) * GOLDEN
         for r in range(rows):
             h = (h ^ U64(sig[j * rows + r])) * FMIX_C1
-        out[j] = _fmix64(h)
+        out[j] = fmix64(h)
 
 
 @njit(cache=True, nogil=True)

@@ -55,12 +55,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .minhash import FMIX_C1, fmix64, fmix64_reference  # one murmur3 finaliser and its twin
+
 U64 = np.uint64
 SEED = U64(0xCBF29CE484222325)         # FNV-1a offset basis: the word hash's start value
 POLY = U64(0x9E3779B97F4A7C15)         # odd multiplier of the rolling polynomial
-FMIX_C1 = U64(0xFF51AFD7ED558CCD)
-FMIX_C2 = U64(0xC4CEB9FE1A85EC53)
-SHIFT33 = U64(33)
 ZERO_KEY = U64(0x5BD1E9955BD1E995)     # the key an n-gram hashing to 0 (the empty marker) gets
 MASK64 = (1 << 64) - 1
 HIGH_BITS = U64(0x8080808080808080)
@@ -88,17 +87,6 @@ WORD_BYTE = _word_table()  # a global array: numba freezes it into the compiled 
 
 # --------------------------------------------------------------------------------------------
 # hashing primitives
-
-
-@njit(cache=True, nogil=True, inline="always")
-def fmix64(h: np.uint64) -> np.uint64:
-    """murmur3's 64-bit finaliser: a bijection whose output bits all depend on every input bit."""
-    h ^= h >> SHIFT33
-    h *= FMIX_C1
-    h ^= h >> SHIFT33
-    h *= FMIX_C2
-    h ^= h >> SHIFT33
-    return h
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -158,15 +146,6 @@ def poly_power(n: int) -> np.uint64:
     for _ in range(n):
         p *= POLY
     return p
-
-
-def fmix64_reference(h: int) -> int:
-    h ^= h >> 33
-    h = (h * 0xFF51AFD7ED558CCD) & MASK64
-    h ^= h >> 33
-    h = (h * 0xC4CEB9FE1A85EC53) & MASK64
-    h ^= h >> 33
-    return h
 
 
 def words_reference(data: bytes) -> list[bytes]:

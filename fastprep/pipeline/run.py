@@ -213,7 +213,8 @@ def _resolve(cfg: PrepareConfig, files: list[str], bundle: TokenizerBundle, work
     if overlap:
         raise ValueError(f"{overlap[0]} is both an input and a --decontaminate evaluation set: "
                          f"every document of it would be removed")
-    backend = _choose_backend(cfg, bundle, files, notes)
+    fs = _file_sources(cfg, files)  # each source's paths expanded once
+    backend = _choose_backend(cfg, bundle, files, notes, fs)
     fp = outdir.fingerprint(cfg, files + evals, bundle.spec)  # an edited eval set changes bytes
     task_bytes = outdir.claim(cfg, fp, notes)
     out = Path(cfg.run.out)
@@ -221,7 +222,6 @@ def _resolve(cfg: PrepareConfig, files: list[str], bundle: TokenizerBundle, work
     if task_bytes is None:
         task_bytes = _task_bytes(cfg, files, workers)
         outdir.start_work(work, fp, task_bytes)
-    fs = _file_sources(cfg, files)
     tasks = [dataclasses.replace(t, source=int(fs[t.file])) for t in plan_tasks(files, task_bytes)]
     run = _Run(cfg, files, bundle, out, work, tasks, workers, notes, backend, fs)
     # an interrupted run may have left a stop file; gone before the index build may write one
@@ -270,13 +270,13 @@ def _check_template(bundle: TokenizerBundle, chats: list[Any]) -> None:
 
 
 def _choose_backend(cfg: PrepareConfig, bundle: TokenizerBundle, files: list[str],
-                    notes: list[str]) -> BackendChoice:
+                    notes: list[str], file_source: np.ndarray) -> BackendChoice:
     r = cfg.recipe
     notes += bundle.notes
     per_file = None
     if r.mix.on:
         by_source = r.source_records()
-        per_file = [by_source[int(k)] for k in _file_sources(cfg, files)]
+        per_file = [by_source[int(k)] for k in file_source]
     docs = first_documents(files, r.read, r.records, r.clean, per_file=per_file)
     _check_template(bundle, [d for d in docs if d.kind == CHAT])
     if (bundle.eos_id is None and r.tokenize.eos != "never"
